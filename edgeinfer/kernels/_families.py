@@ -1,0 +1,2 @@
+"""Imports every kernel family module so their ops register (see registry.py)."""
+from . import elementwise, tensor, reduce, conv, pool, nn, resize, activations, fused  # noqa: F401
