@@ -1,0 +1,346 @@
+"""The ``cpu`` backend: edgeinfer's own numpy runtime.
+
+``compile`` specialises a graph to concrete input shapes, once:
+
+1. constant folding + shape inference in one pass (:func:`edgeinfer.shape_inference.propagate`),
+   which also turns all shape arithmetic into constants;
+2. graph rewrites (:mod:`edgeinfer.optimize`): Identity/Dropout removal, Conv+BatchNorm folding,
+   Conv/Gemm + residual Add + activation fusion;
+3. kernel binding: each node's factory runs with its static shapes and constant inputs and
+   returns a closure (see :mod:`edgeinfer.kernels.registry`);
+4. a buffer plan by lifetime: outputs of kernels that can write into a given array get a slice
+   of a reusable arena; an arena block returns to the free list once every tensor that may
+   view it is dead.
+
+At run time an executable only calls one closure per node over a register list. Each calling
+thread gets its own arena (a pool of instances), so one compiled plan serves many threads.
+"""
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..errors import EdgeInferError, KernelError, ShapeInferenceError
+from ..graph import Graph, Node, TensorType
+from ..kernels.registry import OpContext, get_schema, is_supported, resolve_attrs
+from ..optimize import fold_batch_norm, fuse_conv_activation, remove_identities
+from ..shape_inference import propagate
+
+NAME = "cpu"
+
+# Arena blocks are aligned so BLAS sees aligned operands.
+_ALIGN = 64
+
+
+def available() -> tuple[bool, str]:
+    return True, f"numpy {np.__version__}"
+
+
+def unsupported(graph: Graph) -> list[str]:
+    """Op types in the graph (subgraphs included) that have no numpy kernel."""
+    missing = {
+        (f"{n.domain}::{n.op_type}" if n.domain else n.op_type)
+        for n in graph.walk_nodes()
+        if not is_supported(n.op_type, n.domain)
+    }
+    return sorted(missing)
+
+
+def compile(graph: Graph, input_shapes: dict[str, tuple], threads: int | None = None, options: dict | None = None):
+    """Compile ``graph`` for the given concrete input shapes.
+
+    Inputs that also have a constant default (overridable initializers) are treated as
+    constants here; the Session removes the default of any such input the caller feeds.
+
+    Args:
+        graph: the model graph (not modified).
+        input_shapes: concrete shape for every graph input without a default.
+        threads: BLAS threads for this executable (``None`` leaves the process setting).
+        options: ``{"optimize": False}`` turns off fusion (useful to debug a fusion).
+    """
+    options = dict(options or {})
+    plan = _Planner(graph, input_shapes, options).build()
+    return CpuExecutable(plan, threads)
+
+
+@dataclass
+class _Step:
+    node: Node
+    fn: Callable
+    ins: list[int]
+    outs: list[int]
+    out_block: int | None = None  # arena block for a writes_out kernel
+    out_type: TensorType | None = None
+    free_after: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    steps: list[_Step]
+    n_slots: int
+    template: list[Any]
+    input_slots: list[tuple[str, int]]
+    output_slots: list[tuple[str, int, bool]]  # name, slot, needs copy
+    block_sizes: list[int]
+    graph: Graph
+    types: dict[str, TensorType]
+
+
+class _Planner:
+    def __init__(self, graph: Graph, input_shapes: dict[str, tuple], options: dict):
+        self.source = graph
+        self.input_shapes = input_shapes
+        self.options = options
+
+    def build(self) -> _Plan:
+        g = self.source.copy()
+        # inputs with defaults that the caller does not feed are constants from here on
+        g.inputs = [v for v in g.inputs if v.name not in g.constants]
+        in_types = {v.name: TensorType(v.dtype, tuple(self.input_shapes[v.name])) for v in g.inputs}
+        types, values = propagate(g, in_types, fold=True)
+        g = self._drop_folded(g, values)
+        if self.options.get("optimize", True):
+            g = remove_identities(g)
+            g = fold_batch_norm(g)
+            types, _ = propagate(g, in_types, fold=False, values=dict(g.constants))
+            g = fuse_conv_activation(g, types)
+            g.remove_unused()
+        types, _ = propagate(g, in_types, fold=False, values=dict(g.constants))
+        return self._bind(g, types)
+
+    @staticmethod
+    def _drop_folded(g: Graph, values: dict[str, np.ndarray]) -> Graph:
+        out = g.copy()
+        out.nodes = [n for n in g.nodes if not all((not o) or o in values for o in n.outputs)]
+        needed = {i for n in out.nodes for i in n.inputs if i} | set(out.output_names)
+        out.constants = {k: v for k, v in values.items() if k in needed}
+        return out
+
+    def _bind(self, g: Graph, types: dict[str, TensorType]) -> _Plan:
+        slots: dict[str, int] = {}
+
+        def slot(name: str) -> int:
+            if name not in slots:
+                slots[name] = len(slots)
+            return slots[name]
+
+        scratch = slot("")  # unnamed outputs land here
+        for v in g.inputs:
+            slot(v.name)
+        template_vals: dict[int, Any] = {}
+        for name, arr in g.constants.items():
+            template_vals[slot(name)] = arr
+
+        steps: list[_Step] = []
+        for node in g.nodes:
+            schema = get_schema(node.op_type, node.domain)
+            attrs = resolve_attrs(schema, node)
+            ctx = OpContext(
+                node,
+                [types.get(i) if i else None for i in node.inputs],
+                [g.constants.get(i) if i else None for i in node.inputs],
+                [types.get(o) if o else None for o in node.outputs],
+                options=self.options,
+            )
+            try:
+                fn = schema.build(ctx, **attrs)
+            except EdgeInferError:
+                raise
+            except Exception as e:
+                raise ShapeInferenceError(f"{node.label}: building the kernel failed: {type(e).__name__}: {e}") from e
+            ins = [slot(i) if i else -1 for i in node.inputs]
+            outs = [slot(o) if o else scratch for o in node.outputs]
+            steps.append(_Step(node, fn, ins, outs, out_type=types.get(node.outputs[0]) if node.outputs else None))
+
+        block_sizes, copy_out = _plan_buffers(g, steps, slots, types)
+        template = [None] * len(slots)
+        for i, v in template_vals.items():
+            template[i] = v
+        input_slots = [(v.name, slots[v.name]) for v in g.inputs]
+        output_slots = [(v.name, slots[v.name], v.name in copy_out) for v in g.outputs]
+        return _Plan(steps, len(slots), template, input_slots, output_slots, block_sizes, g, types)
+
+
+def _plan_buffers(g: Graph, steps: list[_Step], slots: dict[str, int], types: dict[str, TensorType]):
+    """Assign arena blocks to writes_out outputs by lifetime.
+
+    Any kernel that is not ``writes_out`` may return a view of an input, so its outputs are
+    treated as possibly viewing every arena block its inputs may view; a block is freed only
+    when no live tensor may view it. Graph outputs never live in the arena, and an output
+    that may view a block (or is an input or constant) is copied when returned.
+    """
+    graph_outputs = {slots[v.name] for v in g.outputs}
+    last_use: dict[int, int] = {}
+    for k, st in enumerate(steps):
+        for i in st.ins:
+            if i >= 0:
+                last_use[i] = k
+    end = len(steps)
+    for s in graph_outputs:
+        last_use[s] = end
+    roots: dict[int, set[int]] = {}
+    block_live: list[set[int]] = []
+    block_sizes: list[int] = []
+    free: list[int] = []
+    for k, st in enumerate(steps):
+        t = st.out_type
+        wants_block = (
+            getattr(st.fn, "writes_out", False)
+            and len(st.outs) == 1
+            and st.outs[0] not in graph_outputs
+            and t is not None
+            and t.shape is not None
+            and all(isinstance(d, int) for d in t.shape)
+            and t.dtype != "string"
+        )
+        if wants_block:
+            nbytes = max(_ALIGN, int(np.prod(t.shape, dtype=np.int64)) * _dt.itemsize(t.dtype))
+            fits = [b for b in free if block_sizes[b] >= nbytes]
+            if fits:
+                b = min(fits, key=lambda x: block_sizes[x])
+            elif free:
+                b = max(free, key=lambda x: block_sizes[x])
+                block_sizes[b] = nbytes
+            else:
+                b = len(block_sizes)
+                block_sizes.append(nbytes)
+                block_live.append(set())
+            if b in free:
+                free.remove(b)
+            st.out_block = b
+            roots[st.outs[0]] = {b}
+        else:
+            r: set[int] = set()
+            for i in st.ins:
+                if i >= 0:
+                    r |= roots.get(i, set())
+            for o in st.outs:
+                roots[o] = set(r)
+        for o in st.outs:
+            for b in roots.get(o, ()):
+                block_live[b].add(o)
+            if o not in last_use:
+                last_use[o] = k  # produced, never read
+        # tensors whose last use is this step die now
+        for s in set(st.ins) | set(st.outs):
+            if s >= 0 and last_use.get(s) == k:
+                if s not in graph_outputs:
+                    st.free_after.append(s)
+                for b in roots.get(s, ()):
+                    block_live[b].discard(s)
+                    if not block_live[b] and b not in free:
+                        free.append(b)
+    const_or_input = {slots[n] for n in g.constants} | {slots[v.name] for v in g.inputs}
+    copy_out = {
+        v.name for v in g.outputs if roots.get(slots[v.name]) or slots[v.name] in const_or_input
+    }
+    return block_sizes, copy_out
+
+
+class _Instance:
+    """One arena + bound step closures; used by one thread at a time."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        blocks = [np.empty(size + _ALIGN, dtype=np.uint8) for size in plan.block_sizes]
+        blocks = [b[(-b.ctypes.data) % _ALIGN:][: size] for b, size in zip(blocks, plan.block_sizes)]
+        self.blocks = blocks
+        self.calls = [self._make_call(st) for st in plan.steps]
+
+    def _make_call(self, st: _Step) -> Callable[[list], None]:
+        fn, ins, outs, dead = st.fn, st.ins, st.outs, st.free_after
+        if st.out_block is not None:
+            t = st.out_type
+            n = int(np.prod(t.shape, dtype=np.int64)) * _dt.itemsize(t.dtype)
+            buf = self.blocks[st.out_block][:n].view(_dt.to_numpy(t.dtype)).reshape(t.shape)
+            o = outs[0]
+            if not dead:
+                def call(r):
+                    r[o] = fn(*[r[i] if i >= 0 else None for i in ins], out=buf)
+            else:
+                def call(r):
+                    r[o] = fn(*[r[i] if i >= 0 else None for i in ins], out=buf)
+                    for d in dead:
+                        r[d] = None
+            return call
+        if len(outs) == 1:
+            o = outs[0]
+
+            def call(r):
+                r[o] = fn(*[r[i] if i >= 0 else None for i in ins])
+                for d in dead:
+                    r[d] = None
+            return call
+
+        def call(r):
+            res = fn(*[r[i] if i >= 0 else None for i in ins])
+            for o, v in zip(outs, res):
+                r[o] = v
+            for d in dead:
+                r[d] = None
+        return call
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        plan = self.plan
+        r = list(plan.template)
+        for name, s in plan.input_slots:
+            r[s] = feeds[name]
+        k = 0
+        try:
+            for k, call in enumerate(self.calls):
+                call(r)
+        except EdgeInferError as e:
+            node = plan.steps[k].node
+            if node.label in str(e):
+                raise
+            raise KernelError(f"{node.label}: {e}") from e
+        except Exception as e:
+            node = plan.steps[k].node
+            shapes = [None if i < 0 or r[i] is None else tuple(np.shape(r[i])) for i in plan.steps[k].ins]
+            raise KernelError(f"{node.label} failed: {type(e).__name__}: {e} (input shapes {shapes})") from e
+        return {name: (np.array(r[s], copy=True) if copy else r[s]) for name, s, copy in plan.output_slots}
+
+
+class CpuExecutable:
+    """A compiled plan; ``run`` is safe to call from several threads at once."""
+
+    def __init__(self, plan: _Plan, threads: int | None):
+        self.plan = plan
+        self.threads = threads
+        self._pool: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
+        self._pool.put(_Instance(plan))
+        self._limiter = _blas_limiter(threads)
+
+    @property
+    def graph(self) -> Graph:
+        """The optimized graph that was bound (after folding and fusion)."""
+        return self.plan.graph
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            inst = self._pool.get_nowait()
+        except queue.Empty:
+            inst = _Instance(self.plan)
+        try:
+            if self._limiter is None:
+                return inst.run(feeds)
+            with self._limiter():
+                return inst.run(feeds)
+        finally:
+            self._pool.put(inst)
+
+
+def _blas_limiter(threads: int | None):
+    """A context-manager factory limiting BLAS threads, or None when not needed/possible."""
+    if threads is None:
+        return None
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=int(threads), user_api="blas")

@@ -1,0 +1,182 @@
+"""``Session``: run a model on a backend, with feeds checked before any kernel sees them."""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import dtypes as _dt
+from .backends import get_backend
+from .errors import InputError, UnsupportedOpError
+from .graph import Graph, ValueInfo, format_shape
+
+
+class Session:
+    """A model bound to a backend.
+
+    Compiles once per input-shape signature (and per set of overridden default inputs) and
+    caches the plan, so a model with symbolic dims serves new shapes without recompiling old
+    ones. ``run`` may be called from several threads at once.
+
+    Args:
+        model: a :class:`~edgeinfer.graph.Graph`, a path (.onnx, .eim) or an ``onnx.ModelProto``.
+        backend: backend name (``edgeinfer backends`` lists them).
+        threads: threads for the backend's math (``None``: the backend's default; 1: one thread).
+        options: backend-specific options.
+
+    Example:
+        >>> sess = Session("model.onnx")
+        >>> out = sess.run({"image": x})["logits"]
+    """
+
+    def __init__(self, model: Any, backend: str = "cpu", threads: int | None = None, options: dict | None = None):
+        from .api import load
+
+        self.graph: Graph = model if isinstance(model, Graph) else load(model)
+        self.graph.validate()
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a positive integer or None, got {threads!r}")
+        self.backend = backend
+        self.threads = threads
+        self.options = dict(options or {})
+        self._backend = get_backend(backend)
+        missing = self._backend.unsupported(self.graph)
+        if missing:
+            raise UnsupportedOpError(
+                f"backend '{backend}' cannot run {len(missing)} operator type(s) of this model: {', '.join(missing)}",
+                missing,
+            )
+        self._plans: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        self._required = self.graph.required_inputs()
+        self._overridable = {v.name: v for v in self.graph.overridable_inputs()}
+        static = {v.name: v.shape for v in self._required if v.is_static()}
+        if len(static) == len(self._required):
+            self._executable(static, frozenset())
+
+    @property
+    def inputs(self) -> list[ValueInfo]:
+        """Inputs the caller must feed: name, dtype, shape (symbolic dims are strings)."""
+        return list(self._required)
+
+    @property
+    def overridable_inputs(self) -> list[ValueInfo]:
+        """Inputs with a default value (ONNX initializers listed as inputs) a feed may replace."""
+        return list(self._overridable.values())
+
+    @property
+    def outputs(self) -> list[ValueInfo]:
+        return list(self.graph.outputs)
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model.
+
+        Args:
+            feeds: input name -> array. Dtypes must match exactly; shapes must match the
+                declared dims (symbolic dims must agree across inputs).
+            output_names: subset of outputs to return (default: all, in graph order).
+
+        Raises:
+            InputError: for a missing, unknown, mistyped or misshaped feed, naming it.
+            KernelError: when a node fails at run time, naming the node.
+        """
+        feeds = self._check_feeds(feeds)
+        names = self._check_output_names(output_names)
+        shapes = {name: tuple(arr.shape) for name, arr in feeds.items()}
+        overridden = frozenset(n for n in feeds if n in self._overridable)
+        exe = self._executable(shapes, overridden)
+        out = exe.run(feeds)
+        return {n: out[n] for n in names}
+
+    # ----------------------------------------------------------------- internals
+    def _executable(self, shapes: dict[str, tuple], overridden: frozenset):
+        key = (tuple(sorted(shapes.items())), tuple(sorted(overridden)))
+        exe = self._plans.get(key)
+        if exe is not None:
+            return exe
+        with self._lock:
+            exe = self._plans.get(key)
+            if exe is None:
+                graph = self.graph
+                if overridden:
+                    graph = graph.copy()
+                    for name in overridden:
+                        del graph.constants[name]
+                exe = self._backend.compile(graph, shapes, self.threads, self.options)
+                self._plans[key] = exe
+        return exe
+
+    def _check_output_names(self, output_names):
+        all_names = self.graph.output_names
+        if output_names is None:
+            return all_names
+        if isinstance(output_names, str):
+            output_names = [output_names]
+        unknown = [n for n in output_names if n not in all_names]
+        if unknown:
+            raise InputError(f"unknown output name(s) {unknown}; the model's outputs are {all_names}")
+        return list(output_names)
+
+    def _check_feeds(self, feeds) -> dict[str, np.ndarray]:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+        known = {v.name for v in self._required} | set(self._overridable)
+        unknown = [k for k in feeds if k not in known]
+        if unknown:
+            raise InputError(
+                f"unknown input name(s) {unknown}; the model's inputs are "
+                f"{[v.name for v in self._required]}"
+                + (f" (overridable: {sorted(self._overridable)})" if self._overridable else "")
+            )
+        missing = [v.name for v in self._required if v.name not in feeds]
+        if missing:
+            expected = ", ".join(str(v) for v in self._required)
+            raise InputError(f"missing input(s) {missing}; expected {expected}")
+        out: dict[str, np.ndarray] = {}
+        bound: dict[str, tuple[int, str]] = {}
+        for name, value in feeds.items():
+            info = self._overridable.get(name)
+            if info is None:
+                info = next(v for v in self._required if v.name == name)
+            arr = value if isinstance(value, np.ndarray) else _as_array(name, value)
+            got = _dt.from_numpy(arr.dtype) if arr.dtype.kind not in "US" else "string"
+            if got != info.dtype:
+                raise InputError(f"input '{name}' expects dtype {info.dtype}, got {got} (shape {list(arr.shape)})")
+            if arr.dtype.kind in "US":
+                arr = arr.astype(object)
+            if info.shape is not None:
+                if arr.ndim != len(info.shape):
+                    raise InputError(
+                        f"input '{name}' expects rank {len(info.shape)} {format_shape(info.shape)}, "
+                        f"got rank {arr.ndim} {list(arr.shape)}"
+                    )
+                for axis, (want, have) in enumerate(zip(info.shape, arr.shape)):
+                    if isinstance(want, int) and want != have:
+                        raise InputError(
+                            f"input '{name}' has mismatch on dim {axis}: expected {want}, got {have} "
+                            f"(expected shape {format_shape(info.shape)}, got {list(arr.shape)})"
+                        )
+                    if isinstance(want, str):
+                        prev = bound.get(want)
+                        if prev is not None and prev[0] != have:
+                            raise InputError(
+                                f"input '{name}' dim {axis} ('{want}') is {have}, but input '{prev[1]}' "
+                                f"set '{want}' = {prev[0]}"
+                            )
+                        bound[want] = (have, name)
+            out[name] = arr
+        return out
+
+    def __repr__(self) -> str:
+        ins = ", ".join(str(v) for v in self._required)
+        outs = ", ".join(str(v) for v in self.graph.outputs)
+        return f"Session(backend='{self.backend}', inputs=[{ins}], outputs=[{outs}])"
+
+
+def _as_array(name: str, value) -> np.ndarray:
+    try:
+        return np.asarray(value)
+    except Exception as e:
+        raise InputError(f"input '{name}' is a {type(value).__name__} that cannot be read as an array: {e}") from e
