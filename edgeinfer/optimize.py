@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from .graph import Graph, Node, TensorType
+from .kernels.registry import is_supported
 
 FUSED_DOMAIN = "edgeinfer"
 
@@ -144,6 +145,8 @@ def fuse_conv_activation(graph: Graph, types: dict[str, TensorType]) -> Graph:
     replace: dict[int, Node | None] = {}
     for node in graph.nodes:
         if node.domain or node.op_type not in ("Conv", "Gemm") or id(node) in replace:
+            continue
+        if not is_supported("Fused" + node.op_type, FUSED_DOMAIN):
             continue
         if types.get(node.inputs[0]) is None or types[node.inputs[0]].dtype not in ("float32", "float64"):
             continue
