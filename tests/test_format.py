@@ -1,0 +1,559 @@
+""".eim: bit-exact round trips, zero-copy mmap loading, atomic writes, and hostile files.
+
+Hostile-file tests follow shared/HOSTILE_INPUTS.md items 45-56 (and 22-23 for writing): any
+malformed file must raise ModelFormatError naming the field, never another exception.
+"""
+import json
+import math
+import mmap
+import os
+import random
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import edgeinfer.format as fmt
+from edgeinfer.errors import ExportError, GraphError, ModelFormatError
+from edgeinfer.format import dumps_eim, load_eim, loads_eim, save_eim
+from edgeinfer.graph import MAX_SUBGRAPH_DEPTH, Graph, Node, ValueInfo
+
+
+# ------------------------------------------------------------------------------ helpers
+def assert_same(a, b, path="graph"):
+    """Structure, Python types, dtypes, shapes and bytes all identical."""
+    assert type(a) is type(b), f"{path}: {type(a).__name__} != {type(b).__name__}"
+    if isinstance(a, Graph):
+        for f in ("name", "inputs", "outputs", "nodes", "constants", "value_info", "opset", "metadata"):
+            assert_same(getattr(a, f), getattr(b, f), f"{path}.{f}")
+    elif isinstance(a, Node):
+        for f in ("op_type", "domain", "name", "inputs", "outputs", "attrs"):
+            assert_same(getattr(a, f), getattr(b, f), f"{path}.{f}")
+    elif isinstance(a, ValueInfo):
+        for f in ("name", "dtype", "shape"):
+            assert_same(getattr(a, f), getattr(b, f), f"{path}.{f}")
+    elif isinstance(a, np.ndarray):
+        assert (a.dtype, a.shape) == (b.dtype, b.shape), path
+        if a.dtype == object:
+            assert a.tolist() == b.tolist(), path
+        else:
+            assert a.tobytes() == b.tobytes(), path
+    elif isinstance(a, np.generic):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), path
+    elif isinstance(a, float):
+        assert struct.pack("<d", a) == struct.pack("<d", b), path
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, dict):
+        assert list(a) == list(b), path
+        for k in a:
+            assert_same(a[k], b[k], f"{path}[{k!r}]")
+    else:
+        assert a == b, path
+
+
+def tiny_graph():
+    return Graph(
+        inputs=[ValueInfo("x", "float32", ("N", 3))],
+        outputs=[ValueInfo("y", "float32", ("N", 3))],
+        nodes=[Node("Add", ["x", "b"], ["t"], name="add"), Node("Mul", ["t", "w"], ["y"], name="mul", attrs={"k": 2})],
+        constants={"b": np.array([1.0, 2.0, 3.0], np.float32), "w": np.arange(3, dtype=np.float32)},
+        opset={"": 21},
+    )
+
+
+def body(name, const_value):
+    return Graph(
+        inputs=[ValueInfo("i", "int64", ())],
+        outputs=[ValueInfo("o", "float32", (2,))],
+        nodes=[Node("Add", ["c", "x"], ["o"], name=f"{name}_add", attrs={"alpha": 0.5})],
+        constants={"c": np.full(2, const_value, np.float32)},
+        name=name,
+    )
+
+
+def rich_graph():
+    """Every attribute type, every tensor kind, nested subgraphs and metadata."""
+    strings = np.array([["a", "é漢"], ["", "x\x00y"]], dtype=object)
+    attrs = {
+        "int": -(2**63), "big": 2**63 - 1, "float": -0.0, "nan": float("nan"), "inf": -math.inf,
+        "negnan": struct.unpack("<d", struct.pack("<Q", 0xFFF0000000000123))[0],
+        "str": "héllo \"q\" [", "bytes": b"\x00\xff\x80", "empty_bytes": b"", "bool": False, "none": None,
+        "ints": [1, -2, 3], "floats": [1.5, math.inf, float("nan")], "strs": ["a", ""],
+        "mixed": [1, "a", b"b", 2.0, None],
+        "tuple": (1, (2.5, "x")), "nested": [[1, 2], [], [[3]]], "empty": [],
+        "tensor": np.arange(12, dtype=np.int64).reshape(3, 4), "strings": strings,
+        "f16": np.array([1.5, -np.inf, np.nan], np.float16), "scalar_t": np.array(7, np.int8),
+        "np_f32": np.float32(1.25), "np_i64": np.int64(-5), "np_bool": np.bool_(True),
+        "then_branch": body("then", 1.0), "branches": [body("b0", 2.0), body("b1", 3.0)],
+    }
+    return Graph(
+        inputs=[ValueInfo("x", "float32", (2,)), ValueInfo("cond", "bool", ()),
+                ValueInfo("d", "float32", ("batch", None, 4))],
+        outputs=[ValueInfo("y", "float32", None), ValueInfo("b", "float32", (2,))],
+        nodes=[Node("If", ["cond", "", "e"], ["y"], attrs=attrs, name="if", domain="ai.edgeinfer")],
+        constants={
+            "b": np.array([0.5, 0.25], np.float32),  # a constant that is also a graph output
+            "e": np.zeros((0, 3), np.float16), "s0": np.array(3.5, np.float64), "bools": np.array([[True, False]]),
+            "strs": np.array("one", dtype=object), "empty_str": np.empty((2, 0), dtype=object),
+            "c64": np.array([1 + 2j], np.complex64), "u64": np.array([2**64 - 1], np.uint64),
+            "bf16": np.array([0x3F80], np.uint16),
+        },
+        value_info={"t": ValueInfo("t", "float32", (2, "k"))},
+        opset={"": 21, "ai.edgeinfer": 1},
+        metadata={"producer": "test", "unicode": "ü漢\U0001f600"},
+        name="rich",
+    )
+
+
+def split(data: bytes):
+    hlen = struct.unpack_from("<Q", data, 8)[0]
+    return json.loads(data[24 : 24 + hlen]), data[24 + hlen :]
+
+
+def assemble(header=None, blobs=b"", *, raw=None, magic=fmt.MAGIC, version=1, reserved=0, crc=None, pad=True):
+    raw = json.dumps(header).encode() if raw is None else raw
+    if pad:
+        raw += b" " * (-(24 + len(raw)) % 64)
+    crc = zlib.crc32(raw) if crc is None else crc
+    return struct.pack("<4sIQII", magic, version, len(raw), crc, reserved) + raw + blobs
+
+
+def rewrite(data: bytes, mutate):
+    """Apply ``mutate(header)`` and re-seal the file (valid crc and padding)."""
+    header, blobs = split(data)
+    mutate(header)
+    return assemble(header, blobs)
+
+
+def rejects(data: bytes, match: str | None = None):
+    with pytest.raises(ModelFormatError, match=match) as info:
+        loads_eim(data, source="m.eim")
+    assert "m.eim" in str(info.value)
+    return info.value
+
+
+TINY = dumps_eim(tiny_graph())
+
+
+# --------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("use_mmap", [True, False])
+def test_rich_graph_round_trips_bit_exact(tmp_path, use_mmap):
+    g = rich_graph()
+    save_eim(g, tmp_path / "m.eim")
+    loaded = load_eim(tmp_path / "m.eim", mmap=use_mmap)
+    assert_same(g, loaded)
+    assert_same(g, loads_eim(dumps_eim(g)))
+    assert dumps_eim(loaded) == dumps_eim(g)  # deterministic bytes
+
+
+def test_layout_is_aligned_and_exact():
+    data = dumps_eim(rich_graph())
+    assert data[:8] == b"EIM\x00\x01\x00\x00\x00"
+    header, blobs = split(data)
+    assert (len(data) - len(blobs)) % 64 == 0
+    assert data[24 : len(data) - len(blobs)].rstrip(b" ").endswith(b"}")
+    pos = 0
+    for t in header["tensors"]:
+        assert t["offset"] == pos and t["offset"] % 64 == 0
+        assert zlib.crc32(blobs[pos : pos + t["length"]]) == t["crc32"]
+        pos += t["length"] + (-t["length"] % 64)
+    assert pos == len(blobs)
+
+
+def test_big_endian_and_strided_arrays_are_normalised():
+    src = np.arange(24, dtype=">f4").reshape(4, 6)[::2, ::3]
+    g = tiny_graph()
+    g.constants["w"] = np.arange(3, dtype=">i8")[::-1]
+    g.nodes[1] = g.nodes[1].replace(attrs={"t": src})
+    loaded = loads_eim(dumps_eim(g))
+    t = loaded.nodes[1].attrs["t"]
+    assert t.dtype == np.dtype("<f4") and t.flags.c_contiguous
+    np.testing.assert_array_equal(t, src)
+    np.testing.assert_array_equal(loaded.constants["w"], [2, 1, 0])
+
+
+def test_save_does_not_modify_the_graph():
+    g = rich_graph()
+    g.constants["nc"] = np.arange(10, dtype=">f8")[::2]
+    before = dumps_eim(g)
+    snapshot = rich_graph()
+    dumps_eim(g)
+    assert dumps_eim(g) == before
+    assert_same({k: v for k, v in g.constants.items() if k != "nc"}, snapshot.constants)
+    assert g.constants["nc"].dtype == np.dtype(">f8") and not g.constants["nc"].flags.c_contiguous
+    assert g.constants["b"].flags.writeable
+
+
+def test_subgraphs_at_the_depth_limit_round_trip():
+    g = body("leaf", 1.0)
+    g.inputs.append(ValueInfo("x", "float32", (2,)))
+    for level in range(MAX_SUBGRAPH_DEPTH):
+        node = Node("If", [], ["y"], attrs={"g": [g]})
+        g = Graph(outputs=[ValueInfo("y", "float32", None)], nodes=[node], name=f"l{level}")
+    assert_same(g, loads_eim(dumps_eim(g)))
+    too_deep = Graph(outputs=[ValueInfo("y", "float32", None)], nodes=[Node("If", [], ["y"], attrs={"g": g})])
+    with pytest.raises(GraphError, match="nested"):
+        dumps_eim(too_deep)
+
+
+def test_mmap_arrays_are_read_only_views_of_the_mapping(tmp_path):
+    g = rich_graph()
+    save_eim(g, tmp_path / "m.eim")
+    loaded = load_eim(tmp_path / "m.eim")
+    for name in ("b", "bools", "c64"):
+        arr = loaded.constants[name]
+        assert not arr.flags.writeable and not arr.flags.owndata
+        assert arr.ctypes.data % 64 == 0
+        base = arr
+        while isinstance(base, np.ndarray):
+            base = base.base
+        assert isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+        with pytest.raises(ValueError):
+            arr[...] = 0
+    assert not loaded.nodes[0].attrs["tensor"].flags.writeable
+    in_memory = load_eim(tmp_path / "m.eim", mmap=False).constants["b"]
+    assert not in_memory.flags.writeable and in_memory.ctypes.data % 64 == 0
+
+
+def test_unsupported_values_raise_export_error():
+    for bad in ({"a": 1}, {1, 2}, 2**63, np.array([1, 2], dtype=object), [[[[[1]]]]], np.zeros(2, "datetime64[s]")):
+        g = tiny_graph()
+        g.nodes[1] = g.nodes[1].replace(attrs={"bad": bad})
+        with pytest.raises(ExportError, match="attribute 'bad'"):
+            dumps_eim(g)
+    with pytest.raises(ExportError):
+        dumps_eim("not a graph")
+
+
+# ------------------------------------------------------------------ property: round trip
+FLOATS = st.floats(allow_nan=True, allow_infinity=True)
+DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int32", "int64", "uint16", "bool", "complex64"]
+ARRAYS = st.one_of(
+    st.sampled_from(DTYPES).flatmap(
+        lambda d: hnp.arrays(np.dtype(d), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3))
+    ),
+    st.lists(st.text(max_size=4), max_size=4).map(lambda xs: np.array(xs + ["z"], dtype=object)),
+)
+LEAVES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), FLOATS, st.text(max_size=6), st.binary(max_size=6),
+    ARRAYS, st.sampled_from(DTYPES).map(lambda d: np.zeros((), d)[()]),
+)
+VALUES = st.one_of(LEAVES, st.lists(LEAVES, max_size=3), st.tuples(LEAVES, st.lists(LEAVES, max_size=2)))
+NAMES = st.text(min_size=1, max_size=5)
+
+
+@st.composite
+def graphs(draw, depth=0):
+    consts = draw(st.dictionaries(NAMES.map(lambda s: "c_" + s), ARRAYS, max_size=3))
+    dims = st.one_of(st.integers(0, 5), st.text(min_size=1, max_size=3), st.none())
+    shape = draw(st.one_of(st.none(), st.lists(dims, max_size=3).map(tuple)))
+    nodes, prev = [], "x"
+    for i in range(draw(st.integers(0, 3))):
+        attrs = draw(st.dictionaries(NAMES, VALUES, max_size=3))
+        if depth < 2 and draw(st.booleans()):
+            attrs["body"] = draw(graphs(depth + 1))
+        ins = [prev] + draw(st.lists(st.sampled_from(sorted(consts) or [""]), max_size=2))
+        name, domain = draw(st.text(max_size=3)), draw(st.text(max_size=3))
+        nodes.append(Node(draw(NAMES), ins, [f"t{i}"], attrs, name=name, domain=domain))
+        prev = f"t{i}"
+    return Graph(
+        inputs=[ValueInfo("x", draw(st.sampled_from(DTYPES)), shape)],
+        outputs=[ValueInfo(prev, "float32", None)],
+        nodes=nodes, constants=consts,
+        opset=draw(st.dictionaries(st.text(max_size=3), st.integers(0, 2**63 - 1), max_size=2)),
+        metadata=draw(st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2)),
+        name=draw(st.text(max_size=4)),
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(graphs())
+def test_property_round_trip_is_identical(g):
+    data = dumps_eim(g)
+    assert_same(g, loads_eim(data))
+
+
+# ------------------------------------------------------------------------- hostile files
+def test_every_truncation_is_rejected(tmp_path):
+    for n in range(len(TINY)):
+        rejects(TINY[:n])
+    for n in (0, 10, 24, len(TINY) - 64, len(TINY) - 1):
+        path = tmp_path / f"t{n}.eim"
+        path.write_bytes(TINY[:n])
+        for use_mmap in (True, False):
+            with pytest.raises(ModelFormatError, match=str(path)):
+                load_eim(path, mmap=use_mmap)
+
+
+def test_every_single_bit_flip_is_rejected():
+    rng = random.Random(0)
+    for pos in range(len(TINY)):
+        flipped = bytearray(TINY)
+        flipped[pos] ^= 1 << rng.randrange(8)
+        rejects(bytes(flipped))  # prefix fields, header crc, blob crc or zero padding catch it
+
+
+@pytest.mark.parametrize("hlen", [2**64 - 1, 2**63, fmt.MAX_HEADER_BYTES + 1, 10_000])
+def test_header_length_out_of_range(hlen):
+    data = bytearray(TINY)
+    struct.pack_into("<Q", data, 8, hlen)
+    rejects(bytes(data), "prefix.header_length")
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (b"\xff\xfe{}", "UTF-8"),
+        (b"{not json}", "not valid JSON"),
+        (b' {"a": 1}', "starting with"),
+        (b"[1, 2]", "starting with"),
+        (b'{"a": 1}\x00\x00\x00', "NUL"),
+        (b'{"a": 1}\n\t', "end in"),
+        (b'{"a": 1, "a": 2}', "duplicate key"),
+        (b'{"a": NaN}', "NaN"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested more than"),
+        (b'{"a": "' + b'\\"[' * 50_000 + b'"}', "expected keys"),  # brackets inside a string do not count
+        (b'{"a": ' + b"1" * 5000 + b"}", "not valid JSON"),
+        (b"{}", "expected keys"),
+    ],
+)
+def test_bad_headers(raw, match):
+    rejects(assemble(raw=raw), match)
+
+
+def test_prefix_fields():
+    rejects(b"GGUF" + TINY[4:], "magic")
+    rejects(TINY[:4] + struct.pack("<I", 2) + TINY[8:], "format version 1, found 2")
+    rejects(assemble(*split(TINY), reserved=7), "reserved")
+    rejects(assemble(*split(TINY), crc=1), "header: checksum mismatch")
+    rejects(assemble(*split(TINY), pad=False)[:-2], "multiple of 64")
+
+
+def set_path(path, value):
+    def mutate(h):
+        *parents, last = path
+        target = h
+        for p in parents:
+            target = target[p]
+        target[last] = value
+    return mutate
+
+
+@pytest.mark.parametrize(
+    "path, value, match",
+    [
+        (("format_version",), 2, "header.format_version"),
+        (("tensors",), {}, "header.tensors: expected an array"),
+        (("tensors", 0, "dtype"), "float128", r"tensors\[0\].dtype: unknown dtype"),
+        (("tensors", 0, "dtype"), "string", r"tensors\[0\].dtype"),
+        (("tensors", 0, "encoding"), "int4-packed", "unknown encoding"),
+        (("tensors", 0, "shape"), [-3], r"shape\[0\]"),
+        (("tensors", 0, "shape"), [2**63], r"shape\[0\]"),
+        (("tensors", 0, "shape"), [2**62, 2**62, 0], "exceeds 2\\*\\*63-1"),
+        (("tensors", 0, "shape"), [2**31, 2**31], "exceeds|length"),
+        (("tensors", 0, "shape"), [1] * 65, "rank 65"),
+        (("tensors", 0, "shape"), [True, 3], "expected an integer, found a boolean"),
+        (("tensors", 0, "length"), 16, r"tensors\[0\].length: expected 3 elements"),
+        (("tensors", 0, "offset"), 32, "not a multiple of 64"),
+        (("tensors", 1, "offset"), 0, "overlaps"),
+        (("tensors", 1, "offset"), 128, "unaccounted"),
+        (("tensors", 1, "offset"), 3.0, "expected an integer, found a number"),
+        (("tensors", 0, "crc32"), 2**32, "crc32"),
+        (("tensors", 0, "crc32"), 1, "tensor \"b\": checksum mismatch"),
+        (("tensors", 0, "extra"), 1, "unknown \\['extra'\\]"),
+        (("graph", "nodes", 1, "inputs", 1), 5, r"header.graph.nodes\[1\].inputs\[1\]: expected a string"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "int", "value": 2**64}, "expected an integer in"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "float", "value": "nan"}, "hex digits"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "bytes", "value": "@@"}, "base64"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "pickle", "value": "x"}, "unknown value type"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "tensor", "value": 0}, "already used"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "tensor", "value": 9}, "out of range"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "scalar", "value": 0}, "needs a 0-d tensor"),
+        (("graph", "nodes", 1, "attrs", "k"), {"type": "bool", "value": 1}, "true or false"),
+        (("graph", "nodes", 1, "op_type"), "", "non-empty"),
+        (("graph", "nodes", 1, "inputs"), ["t", "nope"], "reads 'nope'"),
+        (("graph", "constants"), {"b": 0}, r"tensors\[1\]: tensor \"w\" is not used"),
+        (("graph", "inputs", 0, "shape"), [-1], r"inputs\[0\].shape\[0\]"),
+        (("graph", "inputs", 0, "dtype"), "float8", "unknown dtype"),
+        (("graph", "opset", ""), -1, "opset"),
+        (("graph", "metadata"), {"k": 1}, "metadata"),
+        (("graph",), [], "header.graph: expected an object"),
+    ],
+)
+def test_bad_fields_name_the_field(path, value, match):
+    err = rejects(rewrite(TINY, set_path(path, value)), match)
+    if "reads 'nope'" in match:
+        assert isinstance(err, GraphError)
+
+
+def nest(levels, leaf):
+    for _ in range(levels):
+        leaf = {"type": "list", "value": [leaf]}
+    return leaf
+
+
+def test_nesting_limits_in_files():
+    attr = ("graph", "nodes", 1, "attrs", "k")
+    rejects(rewrite(TINY, set_path(attr, nest(5, {"type": "int", "value": 1}))), "lists nested")
+    sub = dict(name="s", inputs=[], outputs=[], nodes=[], constants={}, value_info={}, opset={}, metadata={})
+    for _ in range(MAX_SUBGRAPH_DEPTH + 1):
+        sub = dict(sub, nodes=[{"op_type": "If", "domain": "", "name": "", "inputs": [], "outputs": [],
+                                "attrs": {"g": {"type": "graph", "value": sub}}}])
+    rejects(rewrite(TINY, set_path(attr, {"type": "graph", "value": sub})), "nested more than")
+
+
+def test_data_section_accounting():
+    header, blobs = split(TINY)
+    rejects(assemble(header, blobs + bytes(64)), "trailing bytes")  # polyglot tail
+    rejects(assemble(header, blobs + b"x"), "trailing bytes")
+    rejects(assemble(header, blobs[:-64]), "run past")
+    padded = bytearray(blobs)
+    padded[20] = 1  # inside tensor 0's padding (12 bytes of data)
+    rejects(assemble(header, bytes(padded)), "padding")
+
+
+def test_blob_contents_are_checked():
+    g = Graph(outputs=[ValueInfo("m", "bool", None), ValueInfo("s", "string", None)],
+              constants={"m": np.array([True, False]), "s": np.array(["ab", "c"], dtype=object)})
+    header, blobs = split(dumps_eim(g))
+    bad = bytearray(blobs)
+    bad[1] = 2
+    header["tensors"][0]["crc32"] = zlib.crc32(bad[:2])
+    rejects(assemble(header, bytes(bad)), "bool element 1 is byte 2")
+    header, blobs = split(dumps_eim(g))
+    strings = bytearray(blobs)
+    strings[64 + 8] = 0xFF  # first string byte: invalid UTF-8
+    header["tensors"][1]["crc32"] = zlib.crc32(strings[64 : 64 + 11])
+    rejects(assemble(header, bytes(strings)), "not valid UTF-8")
+    header, blobs = split(dumps_eim(g))
+    strings = bytearray(blobs)
+    strings[64] = 3  # lengths no longer add up
+    header["tensors"][1]["crc32"] = zlib.crc32(strings[64 : 64 + 11])
+    rejects(assemble(header, bytes(strings)), "add up")
+
+
+def test_not_a_regular_file(tmp_path):
+    with pytest.raises(ModelFormatError, match="cannot open"):
+        load_eim(tmp_path / "missing.eim")
+    with pytest.raises(ModelFormatError, match="not a regular file"):
+        load_eim(tmp_path)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo.eim")
+        with pytest.raises(ModelFormatError, match="not a regular file"):
+            load_eim(tmp_path / "fifo.eim")  # must not block waiting for a writer
+
+
+def random_json(rng):
+    return rng.choice([
+        None, True, -1, 0, 1, 2**64, 63, 65, 1.5, "", "float32", "string", "raw", "x" * 300,
+        [], [1, -1], [2**40] * 3, {},
+        {"type": "int"}, {"type": "tensor", "value": 0}, {"type": "scalar", "value": 1}, {"type": "graph", "value": {}},
+    ])
+
+
+def mutate_structure(rng, header):
+    """Replace, delete or duplicate one value anywhere in the JSON tree (uniformly chosen)."""
+    slots, stack = [], [header]
+    while stack:
+        node = stack.pop()
+        for key in list(node) if isinstance(node, dict) else range(len(node)):
+            slots.append((node, key))
+            if isinstance(node[key], (dict, list)):
+                stack.append(node[key])
+    node, key = rng.choice(slots)
+    action = rng.random()
+    if action < 0.6:
+        node[key] = random_json(rng)
+    elif action < 0.8:
+        del node[key]
+    elif isinstance(node, list):
+        node.insert(key, node[key])  # e.g. a tensor referenced twice or a node defined twice
+    else:
+        node[key + "_"] = node[key]
+
+
+def test_fuzz_random_mutations_only_raise_model_format_errors():
+    rng = random.Random(1234)
+    seeds = [TINY, dumps_eim(rich_graph())]
+    deadline = time.monotonic() + 60
+    for i in range(300):
+        data = bytearray(rng.choice(seeds))
+        kind = i % 4
+        if kind == 0:
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif kind == 1:
+            cut = rng.randrange(len(data))
+            noise = bytes(rng.randrange(256) for _ in range(rng.randint(0, 70)))
+            data = data[:cut] + noise + data[cut + rng.randint(0, 70) :]
+        else:  # structural: re-sealed, so it gets past the checksums into the schema checks
+            header, blobs = split(bytes(data))
+            for _ in range(rng.randint(1, 3)):
+                mutate_structure(rng, header)
+            data = assemble(header, blobs)
+        try:
+            loaded = loads_eim(bytes(data))
+        except ModelFormatError:
+            pass
+        else:
+            dumps_eim(loaded)  # whatever loads must be a sound graph
+        assert time.monotonic() < deadline, "fuzzing ran past its time limit"
+
+
+# -------------------------------------------------------------------------------- writing
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "m.eim"
+    save_eim(tiny_graph(), target)
+    old = target.read_bytes()
+    calls = []
+
+    def failing_write_blob(f, blob):
+        calls.append(1)
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fmt, "_write_blob", failing_write_blob)
+    with pytest.raises(OSError, match="disk full"):
+        save_eim(rich_graph(), target)
+    assert calls and target.read_bytes() == old
+    assert os.listdir(tmp_path) == ["m.eim"]
+    monkeypatch.undo()
+    monkeypatch.setattr(fmt.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("rename failed")))
+    with pytest.raises(OSError, match="rename failed"):
+        save_eim(rich_graph(), target)
+    assert target.read_bytes() == old and os.listdir(tmp_path) == ["m.eim"]
+
+
+def test_symlink_at_destination_is_replaced_not_followed(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    link = tmp_path / "m.eim"
+    link.symlink_to(victim)
+    save_eim(tiny_graph(), link)
+    assert victim.read_bytes() == b"precious"
+    assert not link.is_symlink()
+    assert_same(tiny_graph(), load_eim(link))
+
+
+def test_saved_file_gets_normal_permissions(tmp_path):
+    target = tmp_path / "m.eim"
+    save_eim(tiny_graph(), target)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_api_load_and_save_use_eim(tmp_path):
+    import edgeinfer
+
+    g = rich_graph()
+    edgeinfer.save(g, tmp_path / "m.eim")
+    assert_same(g, edgeinfer.load(tmp_path / "m.eim"))
