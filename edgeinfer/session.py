@@ -158,7 +158,7 @@ class Session:
                             f"input '{name}' has mismatch on dim {axis}: expected {want}, got {have} "
                             f"(expected shape {format_shape(info.shape)}, got {list(arr.shape)})"
                         )
-                    if isinstance(want, str):
+                    if isinstance(want, str) and want not in ("?", ""):
                         prev = bound.get(want)
                         if prev is not None and prev[0] != have:
                             raise InputError(

@@ -70,7 +70,7 @@ def run_ort(op_type, inputs, attrs=None, n_outputs=1, opset=21, domain=""):
         for n, a in zip(names, inputs)
         if a is not None
     ]
-    g_outputs = [helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs]
+    g_outputs = [onnx.ValueInfoProto(name=o) for o in outs]
     graph = helper.make_graph([node], "one", g_inputs, g_outputs)
     opsets = [helper.make_opsetid("", opset)]
     if domain:

@@ -1,0 +1,537 @@
+"""The ``edgeinfer`` command line (click). ``python -m edgeinfer`` runs the same.
+
+Errors: every failure caused by the user's input (a missing or malformed file, a bad suffix, a
+feed that does not fit) reaches the user as one line ``error: ...`` on stderr with exit code 1;
+usage errors (unknown option, missing argument) keep click's usage message and exit code 2. Only
+:class:`~edgeinfer.errors.EdgeInferError` and ``OSError`` are caught, here at the boundary: any
+other exception is a bug in edgeinfer and keeps its traceback so it can be reported.
+
+Progress and timings go to stderr; results go to stdout, so ``edgeinfer inspect --json m.onnx >
+m.json`` stays clean.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+import numpy as np
+
+from . import __version__
+from .cost import format_bytes, format_count, summarize
+from .errors import EdgeInferError
+from .graph import format_shape
+
+MODEL_SUFFIXES = (".onnx", ".eim")
+
+
+class CliError(click.ClickException):
+    """A user-facing failure: printed as ``error: <message>``, exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _os_message(e: OSError) -> str:
+    what = e.strerror or str(e)
+    return f"{what}: '{e.filename}'" if e.filename else what
+
+
+class _Group(click.Group):
+    """The command group; turns our own errors into one ``error:`` line at the boundary."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeInferError as e:
+            raise CliError(str(e)) from None
+        except OSError as e:
+            raise CliError(_os_message(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="edgeinfer")
+def cli() -> None:
+    """edgeinfer: convert, run and measure neural networks for edge devices.
+
+    Start with `edgeinfer demo`.
+    """
+
+
+def main() -> None:
+    """Console-script entry point (``edgeinfer`` and ``python -m edgeinfer``)."""
+    cli(prog_name="edgeinfer")
+
+
+# ------------------------------------------------------------------------- helpers
+@contextmanager
+def _progress(label: str, after: float = 1.0) -> Iterator[None]:
+    """A stderr status line for a step, shown only once it has taken ``after`` seconds.
+
+    Quick steps print nothing, so a fast failure still leaves exactly one ``error:`` line.
+    """
+    state = {"shown": False, "done": False}
+    lock = threading.Lock()
+
+    def show() -> None:
+        with lock:
+            if not state["done"]:
+                click.echo(f"{label} ...", err=True, nl=False)
+                state["shown"] = True
+
+    timer = threading.Timer(after, show)
+    timer.daemon = True
+    timer.start()
+    t0 = time.perf_counter()
+    outcome = "failed"
+    try:
+        yield
+        outcome = f"{time.perf_counter() - t0:.1f} s"
+    finally:
+        timer.cancel()
+        with lock:
+            state["done"] = True
+            if state["shown"]:
+                click.echo(f" {outcome}", err=True)
+
+
+def _load(path: Path):
+    import edgeinfer
+
+    with _progress(f"loading {path.name}"):
+        return edgeinfer.load(path)
+
+
+def _check_suffix(path: Path, role: str) -> None:
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise CliError(
+            f"{role} '{path}' has suffix '{path.suffix}', which is not a model format edgeinfer writes "
+            f"or reads by suffix; supported: {', '.join(MODEL_SUFFIXES)}"
+        )
+
+
+def _shape_text(shape) -> str:
+    return format_shape(None if shape is None else tuple(shape))
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz next to its final place, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        # the .npz layout np.savez writes, built here because np.savez(**arrays) breaks on an
+        # output named like one of its own parameters ("file", "allow_pickle")
+        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+            for name, arr in arrays.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------- inspect
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of text.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224", help="Input shape for counting MACs.")
+def inspect(model: Path, as_json: bool, shapes: tuple[str, ...]) -> None:
+    """Show a model's inputs, outputs, operators, parameters, size and MACs.
+
+    MACs are counted with symbolic input dims set to 1 unless --shape gives the input's shape.
+    """
+    shape_of = {name: _parse_shape(s, name) for name, s in _parse_pairs(shapes, "--shape").items()}
+    graph = _load(model)
+    inputs = {v.name: v for v in graph.required_inputs()}
+    unknown = [n for n in shape_of if n not in inputs]
+    if unknown:
+        raise CliError(
+            f"--shape: the model has no input named {', '.join(repr(n) for n in unknown)}; "
+            f"its inputs are: {', '.join(str(v) for v in inputs.values())}"
+        )
+    for name, shape in shape_of.items():
+        _check_rank(name, shape, inputs[name].shape)
+    info = summarize(graph, shape_of or None)
+    info["file"] = str(model)
+    info["file_bytes"] = model.stat().st_size
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    rows = [("model", f"{model} ({format_bytes(info['file_bytes'])})")]
+    desc = info["metadata"].get("description")
+    if desc:
+        rows.append(("about", desc))
+    for v in info["inputs"]:
+        rows.append(("input", f"{v['name']}: {v['dtype']}{_shape_text(v['shape'])}"))
+    for v in info["outputs"]:
+        rows.append(("output", f"{v['name']}: {v['dtype']}{_shape_text(v['shape'])}"))
+    hist = ", ".join(f"{op} {n}" for op, n in info["op_histogram"].items())
+    rows.append(("ops", f"{info['nodes']} nodes: {hist}" if hist else "0 nodes"))
+    rows.append(("params", f"{format_count(info['params'])} ({format_bytes(info['weight_bytes'])} of weights)"))
+    rows.append(("MACs", _macs_text(info)))
+    for label, value in rows:
+        click.echo(f"{label:<8} {value}")
+
+
+def _macs_text(info: dict) -> str:
+    if info.get("macs_error"):
+        return f"? ({info['macs_error']})"
+    text = f"{format_count(info['macs'])} per run ({format_count(info['element_ops'])} element ops)"
+    notes = []
+    if info["assumed"]:
+        notes.append("input shapes taken as " + ", ".join(f"{k}={_shape_text(v)}" for k, v in info["assumed"].items()))
+    skipped = len(info["unknown"]) + len(info["shape_errors"])
+    if skipped:
+        notes.append(f"{skipped} node(s) not counted: shapes unknown")
+    if info["approximate"]:
+        notes.append(f"{len(info['approximate'])} node(s) with unknown dims counted as 1")
+    return text + (f"; {'; '.join(notes)}" if notes else "")
+
+
+# ------------------------------------------------------------------------- convert
+@cli.command()
+@click.argument("src", metavar="IN", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dst", metavar="OUT", type=click.Path(path_type=Path, dir_okay=False))
+def convert(src: Path, dst: Path) -> None:
+    """Convert a model between formats, chosen by suffix (.onnx, .eim)."""
+    import edgeinfer
+
+    _check_suffix(src, "input model")
+    _check_suffix(dst, "output model")
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and dst.samefile(src)):
+        raise CliError(f"output '{dst}' is the input file; choose another path")
+    graph = _load(src)
+    with _progress(f"writing {dst.name}"):
+        edgeinfer.save(graph, dst)
+    click.echo(
+        f"wrote {dst} ({format_bytes(dst.stat().st_size)}) from {src} ({format_bytes(src.stat().st_size)}): "
+        f"{sum(1 for _ in graph.walk_nodes())} nodes, {format_count(graph.param_count())} params"
+    )
+
+
+# ----------------------------------------------------------------------------- run
+def _parse_pairs(values: tuple[str, ...], option: str, bare_ok: bool = False) -> dict[str, str]:
+    """``NAME=VALUE`` items; with ``bare_ok`` a lone ``VALUE`` is kept under the name ``""``."""
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.rpartition("=")
+        if not sep and bare_ok and item:
+            name, sep, value = "", "=", item
+            if "" in out:
+                raise click.BadParameter("only one input may be given without a NAME=", param_hint=option)
+        if not sep or (not name and not bare_ok) or not value:
+            raise click.BadParameter(f"expected NAME=VALUE, got '{item}'", param_hint=option)
+        out[name] = value
+    return out
+
+
+def _parse_shape(text: str, name: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 0 for d in dims):
+        raise click.BadParameter(f"'{name}={text}': expected dims like 1x3x224x224", param_hint="--shape")
+    return dims
+
+
+def _check_rank(name: str, shape: tuple[int, ...], declared) -> None:
+    if declared is not None and len(shape) != len(declared):
+        raise CliError(
+            f"--shape {name}: rank {len(shape)} {list(shape)} does not match the declared "
+            f"rank {len(declared)} {format_shape(declared)}"
+        )
+
+
+def _read_npy(name: str, path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except OSError:
+        raise
+    except Exception as e:  # numpy raises ValueError/EOFError/UnpicklingError for non-.npy bytes
+        raise CliError(f"--input {name}: '{path}' is not a readable .npy file ({type(e).__name__}: {e})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        raise CliError(f"--input {name}: '{path}' is an .npz archive; pass one array per input as .npy")
+    return arr
+
+
+def _random_input(info, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    from .dtypes import to_numpy
+
+    dtype = to_numpy(info.dtype)
+    if info.dtype in ("float16", "float32", "float64"):
+        return rng.random(shape).astype(dtype)
+    if info.dtype == "bfloat16":  # stored as the top 16 bits of a float32
+        return (rng.random(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    if info.dtype == "bool":
+        return rng.random(shape) < 0.5
+    if dtype.kind in "iu":  # small non-negative values: safe as indices and token ids
+        return rng.integers(0, 10, size=shape).astype(dtype)
+    raise CliError(f"cannot make a random value for input '{info.name}' of dtype {info.dtype}; pass it with --input")
+
+
+def _summary_line(name: str, arr: np.ndarray) -> str:
+    head = f"{name}: {arr.dtype}{list(arr.shape)}"
+    if arr.size == 0 or arr.dtype.kind not in "biuf":
+        return head
+    a = arr.astype(np.float64)
+    text = f"{head}  min {a.min():.6g}  max {a.max():.6g}  mean {a.mean():.6g}"
+    if arr.ndim == 2:
+        arg = arr.argmax(axis=1)
+        shown = ", ".join(str(int(i)) for i in arg[:16]) + (", ..." if len(arg) > 16 else "")
+        text += f"  argmax [{shown}]"
+    return text
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--input",
+    "-i",
+    "inputs",
+    multiple=True,
+    metavar="NAME=FILE.npy",
+    help="Feed an input from a .npy file (NAME= may be left out for a one-input model).",
+)
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224", help="Shape of a random input.")
+@click.option("--backend", default="cpu", show_default=True, help="Backend name (see `edgeinfer backends`).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the backend.")
+@click.option("--save", "save_path", type=click.Path(path_type=Path, dir_okay=False), help="Write outputs to an .npz.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+def run(model: Path, inputs, shapes, backend: str, threads: int | None, save_path: Path | None, seed: int) -> None:
+    """Run a model once and summarize its outputs.
+
+    Inputs not given with --input are random (uniform [0, 1) for floats, 0..9 for integers)
+    with the declared shape; symbolic dims are 1 unless --shape says otherwise.
+    """
+    import edgeinfer
+
+    files = {name: Path(p) for name, p in _parse_pairs(inputs, "--input", bare_ok=True).items()}
+    shape_of = {name: _parse_shape(s, name) for name, s in _parse_pairs(shapes, "--shape").items()}
+    if save_path is not None and save_path.suffix.lower() != ".npz":
+        raise CliError(f"--save '{save_path}': outputs are written as .npz; use a name ending in .npz")
+    graph = _load(model)
+    with _progress(f"preparing backend '{backend}'"):
+        sess = edgeinfer.Session(graph, backend=backend, threads=threads)
+    required = {v.name: v for v in sess.inputs}
+    feedable = dict(required, **{v.name: v for v in sess.overridable_inputs})
+    if "" in files:  # `--input x.npy` without a name: fine when the model has one input
+        if len(required) != 1:
+            raise CliError(
+                f"--input {files['']}: the model has {len(required)} inputs, so say which one with NAME=FILE; "
+                f"its inputs are: {', '.join(str(v) for v in required.values())}"
+            )
+        files = {next(iter(required)) if n == "" else n: f for n, f in files.items()}
+    for option, names, known in (("--input", files, feedable), ("--shape", shape_of, required)):
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise CliError(
+                f"{option}: the model has no input named {', '.join(repr(n) for n in unknown)}; "
+                f"its inputs are: {', '.join(str(v) for v in required.values())}"
+            )
+    both = sorted(set(files) & set(shape_of))
+    if both:
+        raise CliError(f"input(s) {both} given both with --input and --shape; use one")
+
+    feeds: dict[str, np.ndarray] = {}
+    for name, path in files.items():
+        feeds[name] = _read_npy(name, path)
+        click.echo(f"input  {name}: {feeds[name].dtype}{list(feeds[name].shape)} from {path}")
+    for name, shape in shape_of.items():
+        _check_rank(name, shape, required[name].shape)
+    # symbolic dims fixed by a given array or --shape carry over to the random inputs sharing them
+    bound: dict[str, int] = {}
+    for name, shape in [*((n, a.shape) for n, a in feeds.items()), *shape_of.items()]:
+        declared = feedable[name].shape
+        if declared is not None and len(declared) == len(shape):
+            bound.update((d, int(v)) for d, v in zip(declared, shape) if isinstance(d, str))
+    rng = np.random.default_rng(seed)
+    for name, info in required.items():
+        if name in feeds:
+            continue
+        shape = shape_of.get(name)
+        if shape is None:
+            if info.shape is None:
+                raise CliError(f"input '{name}' has unknown rank; give its shape with --shape {name}=1x...")
+            shape = tuple(d if isinstance(d, int) else bound.get(d, 1) for d in info.shape)
+        feeds[name] = _random_input(info, shape, rng)
+        click.echo(f"input  {name}: {feeds[name].dtype}{list(shape)} random (seed {seed})")
+
+    with _progress(f"running on '{sess.backend}'"):
+        t0 = time.perf_counter()
+        outputs = sess.run(feeds)
+        elapsed = time.perf_counter() - t0
+    for name, arr in outputs.items():
+        click.echo("output " + _summary_line(name, np.asarray(arr)))
+    click.echo(
+        f"ran in {elapsed * 1e3:.2f} ms on backend '{sess.backend}' (first run: may include compiling for these shapes)"
+    )
+    if save_path is not None:
+        _save_npz_atomic(save_path, {k: np.asarray(v) for k, v in outputs.items()})
+        click.echo(f"wrote {save_path}")
+
+
+# ------------------------------------------------------------------------ backends
+@cli.command()
+def backends() -> None:
+    """List the backends and whether they can run here (and why not)."""
+    from .backends import available_backends
+
+    for name, (ok, why) in available_backends().items():
+        click.echo(f"{name:<10} {'available' if ok else 'unavailable':<12} {why}")
+
+
+# ---------------------------------------------------------------------------- demo
+DEMO_MODEL = "digits_cnn.onnx"
+DEMO_DATA = "digits_test.npz"
+
+
+def _median_ms(fn, runs: int) -> float:
+    for _ in range(3):  # warm-up: first calls compile plans, fault in pages, fill caches
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def _ort_session(model_path: Path):
+    """ONNX Runtime on one thread, sequential (like our cpu backend with threads=1); None if absent."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, "not installed (pip install 'edgeinfer[ort]')"
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    return sess, f"onnxruntime {ort.__version__}"
+
+
+@cli.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("edgeinfer-demo"),
+    show_default=True,
+    help="Folder for the .eim model and a sample input.",
+)
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per batch size.")
+def demo(out_dir: Path, runs: int) -> None:
+    """Run the bundled digits CNN end to end: accuracy, latency, size, .eim round trip.
+
+    Loads the ONNX model shipped with edgeinfer, runs it on edgeinfer's cpu backend and (when
+    installed) on ONNX Runtime, both on one thread, over the bundled 450-image test set; saves
+    it as .eim in --out and checks that the reloaded model gives bit-identical outputs.
+    """
+    from contextlib import ExitStack
+    from importlib.resources import as_file, files
+
+    import edgeinfer
+
+    with ExitStack() as stack:
+        root = files("edgeinfer") / "examples"
+        if not (root / DEMO_MODEL).is_file() or not (root / DEMO_DATA).is_file():
+            raise CliError(
+                f"the bundled example ({DEMO_MODEL}, {DEMO_DATA}) is missing from the installed package; "
+                "reinstall edgeinfer, or rebuild it with: python examples/train_digits.py"
+            )
+        model_path = stack.enter_context(as_file(root / DEMO_MODEL))
+        data_path = stack.enter_context(as_file(root / DEMO_DATA))
+        _run_demo(edgeinfer, Path(model_path), Path(data_path), out_dir, runs)
+
+
+def _run_demo(edgeinfer, model_path: Path, data_path: Path, out_dir: Path, runs: int) -> None:
+    echo = click.echo
+    with np.load(data_path) as data:
+        images, labels = data["images"], data["labels"]
+    graph = _load(model_path)
+    info = summarize(graph, {graph.inputs[0].name: (1,) + tuple(images.shape[1:])})
+    meta = info["metadata"]
+    inp, out = graph.required_inputs()[0], graph.outputs[0]
+    hist = ", ".join(f"{op} {n}" for op, n in info["op_histogram"].items())
+
+    echo("edgeinfer demo: the bundled digits classifier, end to end\n")
+    echo(f"model    {model_path.name} ({format_bytes(model_path.stat().st_size)}): {meta.get('description', '')}")
+    echo(f"         {inp} -> {out}")
+    echo(
+        f"         {info['nodes']} nodes ({hist}), {format_count(info['params'])} params, "
+        f"{format_count(info['macs'])} MACs per image"
+    )
+    if "reproduce" in meta:
+        trained = meta.get("test_accuracy", "?")
+        echo(f"         trained with: {meta['reproduce']} (held-out accuracy after training: {trained})")
+    echo(f"data     {len(labels)} held-out test images: {images.dtype}{list(images.shape)}, pixels / 16\n")
+
+    with _progress("edgeinfer cpu backend"):
+        sess = edgeinfer.Session(graph, backend="cpu", threads=1)
+        name = sess.inputs[0].name
+        ours = sess.run({name: images})[sess.outputs[0].name]
+        ours_ms = [_median_ms(lambda b=b: sess.run({name: images[:b]}), runs) for b in (1, 64)]
+    columns = [("edgeinfer cpu", ours, ours_ms)]
+    ort_sess, ort_label = _ort_session(model_path)
+    if ort_sess is not None:
+        with _progress("onnxruntime"):
+            ort_name = ort_sess.get_inputs()[0].name
+            theirs = ort_sess.run(None, {ort_name: images})[0]
+            ort_ms = [_median_ms(lambda b=b: ort_sess.run(None, {ort_name: images[:b]}), runs) for b in (1, 64)]
+        columns.append((ort_label, theirs, ort_ms))
+
+    def row(label: str, cells: list[str]) -> None:
+        echo(f"{label:<24}" + "".join(f"{c:<20}" for c in cells))
+
+    row("", [c[0] for c in columns] + ([] if ort_sess is not None else [f"onnxruntime: {ort_label}"]))
+    row("test accuracy", [f"{100 * float((c[1].argmax(1) == labels).mean()):.2f} %" for c in columns])
+    row("latency, batch 1", [f"{c[2][0]:.3f} ms" for c in columns])
+    row("latency, batch 64", [f"{c[2][1]:.3f} ms" for c in columns])
+    row("throughput, batch 64", [f"{64e3 / c[2][1]:,.0f} images/s" for c in columns])
+    echo(f"(median of {runs} runs after 3 warm-up runs; one thread each)")
+    if ort_sess is not None:
+        diff = float(np.abs(ours.astype(np.float64) - theirs).max())
+        agree = int((ours.argmax(1) == theirs.argmax(1)).sum())
+        echo(
+            f"max |logits difference| edgeinfer vs onnxruntime: {diff:.2e}; "
+            f"predictions agree on {agree}/{len(labels)}"
+        )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eim_path = out_dir / (model_path.stem + ".eim")
+    with _progress(f"saving {eim_path}"):
+        edgeinfer.save(graph, eim_path)
+        reloaded = edgeinfer.Session(edgeinfer.load(eim_path), backend="cpu", threads=1)
+        again = reloaded.run({name: images})[reloaded.outputs[0].name]
+    identical = again.dtype == ours.dtype and again.shape == ours.shape and again.tobytes() == ours.tobytes()
+    sample = out_dir / "sample_image.npy"
+    np.save(sample, images[:1])
+    echo(
+        f"\nsaved    {eim_path} ({format_bytes(eim_path.stat().st_size)}; the .onnx is "
+        f"{format_bytes(model_path.stat().st_size)}, weights {format_bytes(info['weight_bytes'])})"
+    )
+    echo(f"reloaded {eim_path.name}: outputs on the 450 images are {'bit-identical' if identical else 'DIFFERENT'}")
+    echo(f"sample   {sample} (one test image; its label is {int(labels[0])})")
+    if not identical:
+        raise CliError(f"the model reloaded from {eim_path} gives different outputs; please report this")
+    echo(
+        f"\nnext: edgeinfer inspect {eim_path}\n"
+        f"      edgeinfer run {eim_path} --input {name}={sample}\n"
+        f"      edgeinfer convert your_model.onnx your_model.eim"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
