@@ -29,12 +29,14 @@ def _format_of(path: Path, sniff: bool) -> str:
     )
 
 
-def load(model: Any) -> Graph:
+def load(model: Any, *, check_supported: bool = True) -> Graph:
     """Load a model into the IR.
 
     Args:
         model: a path to a ``.onnx`` or ``.eim`` file (other suffixes are sniffed), an
             ``onnx.ModelProto``, or a :class:`Graph` (returned as is).
+        check_supported: refuse ONNX models with ops edgeinfer has no kernel for (all listed
+            in one error). ``False`` imports them anyway, e.g. to inspect or convert them.
 
     Raises:
         ModelFormatError: the file is missing or malformed (the message names the field).
@@ -55,11 +57,11 @@ def load(model: Any) -> Graph:
             return load_eim(path)
         from .converters.onnx_import import import_onnx
 
-        return import_onnx(path)
+        return import_onnx(path, check_supported=check_supported)
     if type(model).__name__ == "ModelProto":
         from .converters.onnx_import import import_onnx
 
-        return import_onnx(model)
+        return import_onnx(model, check_supported=check_supported)
     raise EdgeInferError(f"cannot load a {type(model).__name__}; pass a path, an onnx.ModelProto or a Graph")
 
 

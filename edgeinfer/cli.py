@@ -105,11 +105,11 @@ def _progress(label: str, after: float = 1.0) -> Iterator[None]:
                 click.echo(f" {outcome}", err=True)
 
 
-def _load(path: Path):
+def _load(path: Path, check_supported: bool = True):
     import edgeinfer
 
     with _progress(f"loading {path.name}"):
-        return edgeinfer.load(path)
+        return edgeinfer.load(path, check_supported=check_supported)
 
 
 def _check_suffix(path: Path, role: str) -> None:
@@ -152,7 +152,7 @@ def inspect(model: Path, as_json: bool, shapes: tuple[str, ...]) -> None:
     MACs are counted with symbolic input dims set to 1 unless --shape gives the input's shape.
     """
     shape_of = {name: _parse_shape(s, name) for name, s in _parse_pairs(shapes, "--shape").items()}
-    graph = _load(model)
+    graph = _load(model, check_supported=False)
     inputs = {v.name: v for v in graph.required_inputs()}
     unknown = [n for n in shape_of if n not in inputs]
     if unknown:
@@ -211,7 +211,7 @@ def convert(src: Path, dst: Path) -> None:
     _check_suffix(dst, "output model")
     if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and dst.samefile(src)):
         raise CliError(f"output '{dst}' is the input file; choose another path")
-    graph = _load(src)
+    graph = _load(src, check_supported=False)
     with _progress(f"writing {dst.name}"):
         edgeinfer.save(graph, dst)
     click.echo(

@@ -214,3 +214,32 @@ def test_usage_errors_exit_2():
     fails("run", MODEL, "--input", "a.npy", "--input", "b.npy", code=2)  # two inputs without names
     fails("run", MODEL, "--shape", "image=1xbanana", code=2)
     fails("frobnicate", code=2)
+
+
+def test_inspect_and_convert_accept_ops_without_kernels(tmp_path):
+    """inspect/convert only read the model, so ops the cpu backend lacks must not stop them."""
+    import onnx
+    from click.testing import CliRunner
+    from onnx import helper
+
+    from edgeinfer.cli import cli
+
+    node = helper.make_node("Relu", ["x"], ["h"])
+    odd = helper.make_node("DoesNotExist", ["h"], ["y"], domain="acme")
+    graph = helper.make_graph(
+        [node, odd], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("acme", 1)])
+    path = tmp_path / "odd.onnx"
+    path.write_bytes(model.SerializeToString())
+    runner = CliRunner()
+    res = runner.invoke(cli, ["inspect", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "DoesNotExist" in res.output
+    res = runner.invoke(cli, ["convert", str(path), str(tmp_path / "odd.eim")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "odd.eim").stat().st_size > 0
+    res = runner.invoke(cli, ["run", str(path)])
+    assert res.exit_code == 1 and "acme::DoesNotExist" in res.output
