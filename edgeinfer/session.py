@@ -1,7 +1,6 @@
 """``Session``: run a model on a backend, with feeds checked before any kernel sees them."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any, Mapping
 

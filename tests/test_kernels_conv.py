@@ -1,6 +1,5 @@
 """Conv, ConvTranspose and the fused conv/gemm/matmul kernels against ONNX Runtime and numpy."""
 import numpy as np
-import onnx
 import pytest
 from onnx import helper
 
@@ -9,19 +8,6 @@ from opcheck import check_node, run_edgeinfer, run_ort
 
 RTOL, ATOL = 1e-4, 1e-4
 
-
-@pytest.fixture(autouse=True)
-def _ort_accepts_untyped_outputs(monkeypatch):
-    """opcheck.run_ort declares outputs with elem_type UNDEFINED, which ONNX Runtime 1.32
-    rejects ("Invalid tensor data type 0"); an output without any type is accepted."""
-    make = helper.make_tensor_value_info
-
-    def untyped(name, elem_type, shape, *args, **kwargs):
-        if elem_type == onnx.TensorProto.UNDEFINED:
-            return onnx.ValueInfoProto(name=name)
-        return make(name, elem_type, shape, *args, **kwargs)
-
-    monkeypatch.setattr(helper, "make_tensor_value_info", untyped)
 
 
 def rand(*shape, seed=0, dtype=np.float32):

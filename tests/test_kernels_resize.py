@@ -1,7 +1,6 @@
 """Resize against ONNX Runtime (and the ONNX reference evaluator where ONNX Runtime departs
 from the spec): every mode x coordinate transformation, with scales and with sizes."""
 import numpy as np
-import onnx
 import pytest
 from onnx import helper
 
@@ -14,19 +13,6 @@ COORDS = ["half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_cor
           "tf_crop_and_resize"]
 ROI = np.array([0, 0, 0.1, 0.2, 1, 1, 0.9, 0.7], np.float32)
 
-
-@pytest.fixture(autouse=True)
-def _ort_accepts_untyped_outputs(monkeypatch):
-    """opcheck.run_ort declares outputs with elem_type UNDEFINED, which ONNX Runtime 1.32
-    rejects ("Invalid tensor data type 0"); an output without any type is accepted."""
-    make = helper.make_tensor_value_info
-
-    def untyped(name, elem_type, shape, *args, **kwargs):
-        if elem_type == onnx.TensorProto.UNDEFINED:
-            return onnx.ValueInfoProto(name=name)
-        return make(name, elem_type, shape, *args, **kwargs)
-
-    monkeypatch.setattr(helper, "make_tensor_value_info", untyped)
 
 
 def rand(*shape, seed=0, dtype=np.float32):
