@@ -10,57 +10,11 @@ from edgeinfer.errors import KernelError, ShapeInferenceError
 from edgeinfer.graph import Node, TensorType
 from edgeinfer.kernels import OpContext, get_schema, resolve_attrs
 from edgeinfer.kernels.elementwise import bfloat16_to_float32, erf, float32_to_bfloat16
-import opcheck
 from opcheck import check_node, run_edgeinfer
 
 RNG = np.random.default_rng(0)
 
 
-# ------------------------------------------------------------- harness workaround
-def _run_ort_untyped_outputs(op_type, inputs, attrs=None, n_outputs=1, opset=21, domain=""):
-    """opcheck.run_ort with graph outputs that carry no type at all.
-
-    opcheck declares outputs with elem_type UNDEFINED, which ONNX Runtime 1.32 rejects for
-    every model ("Invalid tensor data type 0"); a ValueInfo with no type lets it infer them.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    names = [f"in{i}" if a is not None else "" for i, a in enumerate(inputs)]
-    outs = [f"out{i}" for i in range(n_outputs)]
-    node = helper.make_node(op_type, names, outs, domain=domain, **(attrs or {}))
-    g_inputs = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-        for n, a in zip(names, inputs)
-        if a is not None
-    ]
-    graph = helper.make_graph([node], "one", g_inputs, [onnx.ValueInfoProto(name=o) for o in outs])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 10
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, {n: a for n, a in zip(names, inputs) if a is not None})
-
-
-def _opcheck_runs_ort() -> bool:
-    try:
-        opcheck.run_ort("Abs", [np.ones(2, np.float32)])
-        return True
-    except Exception:
-        return False
-
-
-_OPCHECK_OK = _opcheck_runs_ort()
-
-
-@pytest.fixture(autouse=True)
-def ort_with_untyped_outputs(monkeypatch):
-    """Use the workaround only while opcheck.run_ort cannot run a one-node model."""
-    if not _OPCHECK_OK:
-        monkeypatch.setattr(opcheck, "run_ort", _run_ort_untyped_outputs)
-    yield
 SHAPES = [(), (5,), (2, 3, 4)]
 
 

@@ -5,7 +5,7 @@ import pytest
 from edgeinfer.errors import KernelError, ShapeInferenceError
 from edgeinfer.graph import TensorType
 from opcheck import check_node, run_edgeinfer
-from test_kernels_elementwise import infer, ort_with_untyped_outputs  # noqa: F401  (autouse fixture)
+from test_kernels_elementwise import infer
 
 RNG = np.random.default_rng(2)
 REDUCE = ["ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",

@@ -8,7 +8,7 @@ from edgeinfer import Session
 from edgeinfer.errors import KernelError, ShapeInferenceError
 from edgeinfer.graph import Graph, Node, TensorType, ValueInfo
 from opcheck import check_node, run_edgeinfer
-from test_kernels_elementwise import infer, ort_with_untyped_outputs  # noqa: F401  (autouse fixture)
+from test_kernels_elementwise import infer
 
 RNG = np.random.default_rng(1)
 I64 = np.int64
