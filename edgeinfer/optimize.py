@@ -181,12 +181,10 @@ def fuse_conv_activation(graph: Graph, types: dict[str, TensorType]) -> Graph:
         fused = Node(
             "Fused" + node.op_type, tuple(inputs), (last.outputs[0],), attrs, name=node.name, domain=FUSED_DOMAIN
         )
-        replace[id(node)] = fused
         cur = consumer.get(out)
         while cur is not None and cur is not last:
             replace[id(cur)] = None
             cur = consumer.get(cur.outputs[0])
-        replace[id(last)] = None
         # the fused node sits where `last` was, so the residual is already computed
         replace[id(last)] = fused
         replace[id(node)] = None
