@@ -5,7 +5,8 @@ whole of it):
 
 1. read and parse: a file must be a regular file under 2 GiB; bytes that are not an ONNX
    protobuf, or parse to something without a graph, are a ModelFormatError naming the file;
-2. model checks: IR version, opsets 7..latest for the default domain, local functions
+2. model checks: IR version, opsets 7..latest for the default domain (older ones when every
+   op used is unchanged by opset 7; none when no node uses the domain), local functions
    (duplicates, call cycles, call depth), subgraph nesting depth
    (:data:`edgeinfer.graph.MAX_SUBGRAPH_DEPTH`);
 3. with ``check_supported``, every (domain, op) of the model, subgraphs and called functions
@@ -195,11 +196,20 @@ class _Importer:
         self.opsets = _opset_map(m.opset_import, "model")
         version = self.opsets.get("")
         if version is None:
-            raise ModelFormatError("the model imports no opset of the default ONNX domain (opset_import)")
-        if not MIN_OPSET <= version <= MAX_OPSET:
+            # Legal when every node is in another domain (ai.onnx.ml, training, custom ones).
+            used = self._default_domain_ops()
+            if used:
+                raise ModelFormatError(
+                    f"the model uses ops of the default ONNX domain ({', '.join(sorted(used)[:5])}) "
+                    f"but imports no opset of it (opset_import)"
+                )
+            version = self.opsets[""] = MAX_OPSET
+        if not 1 <= version <= MAX_OPSET:
             raise ModelFormatError(
-                f"opset {version} of the default domain is not supported; edgeinfer imports opsets {MIN_OPSET} to {MAX_OPSET}"
+                f"opset {version} of the default domain is not supported; edgeinfer imports opsets 1 to {MAX_OPSET}"
             )
+        if version < MIN_OPSET:
+            self._check_old_opset(version)
         for f in m.functions:
             key = (_domain(f.domain), f.name, getattr(f, "overload", ""))
             if key in self.functions:
@@ -211,6 +221,37 @@ class _Importer:
         graph = self._graph(m.graph, self.opsets, depth=0, parent=None, main=True)
         graph.validate()
         return graph
+
+    def _all_nodes(self):
+        stack = [self.model.graph]
+        while stack:
+            g = stack.pop()
+            for n in g.node:
+                yield n
+                for a in n.attribute:
+                    stack.extend(([a.g] if a.HasField("g") else []) + list(a.graphs))
+
+    def _default_domain_ops(self) -> set[str]:
+        local = {name for (_d, name, _o) in self.functions}
+        return {n.op_type for n in self._all_nodes() if _domain(n.domain) == "" and n.op_type not in local}
+
+    def _check_old_opset(self, version: int) -> None:
+        """Opsets before 7 import when every op used is defined as it is at opset 7."""
+        changed = []
+        for op in sorted(self._default_domain_ops()):
+            try:
+                old = onnx.defs.get_schema(op, version, "").since_version
+                new = onnx.defs.get_schema(op, MIN_OPSET, "").since_version
+            except onnx.defs.SchemaError:
+                continue  # an unknown op is reported by the support check
+            if old != new:
+                changed.append(op)
+        if changed:
+            raise UnsupportedOpError(
+                f"the model uses opset {version}; edgeinfer imports opsets before {MIN_OPSET} only when every "
+                f"operator is unchanged by opset {MIN_OPSET}, and these changed: {', '.join(changed)}",
+                [f"{op} (opset {version})" for op in changed],
+            )
 
     def _function_of(self, node):
         return self.functions.get((_domain(node.domain), node.op_type, getattr(node, "overload", "")))

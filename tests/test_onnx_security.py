@@ -12,7 +12,8 @@ pytest.importorskip("onnx")
 
 import hostile_onnx as H  # noqa: E402
 from edgeinfer.converters.onnx_import import import_onnx  # noqa: E402
-from edgeinfer.errors import EdgeInferError, GraphError, ModelFormatError, UnsafePathError  # noqa: E402
+from edgeinfer.errors import EdgeInferError, GraphError, ModelFormatError, UnsafePathError, UnsupportedOpError  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="symlinks/FIFOs/hard links need POSIX")
 
@@ -267,8 +268,24 @@ def test_function_cycle():
 
 
 def test_opset_out_of_range():
-    raises(ModelFormatError, lambda: load(H.add_weight_model(opset=6)), "opset 6", "7")
     raises(ModelFormatError, lambda: load(H.add_weight_model(opset=999)), "opset 999")
+    raises(ModelFormatError, lambda: load(H.add_weight_model(opset=0)), "opset 0")
+
+
+def test_old_opset_imports_only_unchanged_ops():
+    # Add changed at opset 7 (broadcasting replaced the broadcast/axis attributes)
+    raises(UnsupportedOpError, lambda: load(H.add_weight_model(opset=6)), "opset 6", "Add")
+    node = helper.make_node("Not", ["x"], ["y"])
+    m = H.make_model([node], [helper.make_tensor_value_info("x", TensorProto.BOOL, [2])],
+                     [helper.make_tensor_value_info("y", TensorProto.BOOL, [2])], [], opset=1)
+    assert load(m).nodes[0].op_type == "Not"
+
+
+def test_default_domain_ops_need_a_default_opset():
+    m = H.add_weight_model()
+    del m.opset_import[:]
+    m.opset_import.add(domain="ai.onnx.ml", version=3)
+    raises(ModelFormatError, lambda: load(m), "imports no opset", "Add")
 
 
 def test_no_exception_escapes_byte_flips():
