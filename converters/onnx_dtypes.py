@@ -5,7 +5,7 @@ than read from the ``onnx`` package: the table is usable without it. Codes fall 
 groups:
 
 * mapped: the IR has the type (:data:`ONNX_TO_IR`);
-* known but not supported yet (float8, int4/uint4, float4, int2/uint2, float6): a clear
+* known but not supported yet (float6): a clear
   :class:`~edgeinfer.errors.UnsupportedOpError`, because the model is valid, we just cannot
   run it yet;
 * unknown (``UNDEFINED`` or a number the spec does not define): a
@@ -55,21 +55,21 @@ ONNX_TO_IR: dict[int, str] = {
     COMPLEX64: "complex64",
     COMPLEX128: "complex128",
     BFLOAT16: "bfloat16",
+    17: "float8e4m3fn",
+    18: "float8e4m3fnuz",
+    19: "float8e5m2",
+    20: "float8e5m2fnuz",
+    21: "uint4",
+    22: "int4",
+    23: "float4e2m1",
+    24: "float8e8m0",
+    25: "uint2",
+    26: "int2",
 }
 IR_TO_ONNX: dict[str, int] = {v: k for k, v in ONNX_TO_IR.items()}
 
 # Valid ONNX element types the IR cannot hold yet.
 NOT_YET_SUPPORTED: dict[int, str] = {
-    17: "FLOAT8E4M3FN",
-    18: "FLOAT8E4M3FNUZ",
-    19: "FLOAT8E5M2",
-    20: "FLOAT8E5M2FNUZ",
-    21: "UINT4",
-    22: "INT4",
-    23: "FLOAT4E2M1",
-    24: "FLOAT8E8M0",
-    25: "UINT2",
-    26: "INT2",
     27: "FLOAT6E2M3",
     28: "FLOAT6E3M2",
 }
@@ -89,6 +89,17 @@ TYPED_FIELD: dict[str, str] = {
     "bool": "int32_data",
     "float16": "int32_data",
     "bfloat16": "int32_data",
+    # one element per int32 for float8; one packed byte per int32 for 4- and 2-bit types
+    "float8e4m3fn": "int32_data",
+    "float8e4m3fnuz": "int32_data",
+    "float8e5m2": "int32_data",
+    "float8e5m2fnuz": "int32_data",
+    "float8e8m0": "int32_data",
+    "int4": "int32_data",
+    "uint4": "int32_data",
+    "float4e2m1": "int32_data",
+    "int2": "int32_data",
+    "uint2": "int32_data",
     "int64": "int64_data",
     "uint32": "uint64_data",
     "uint64": "uint64_data",
@@ -115,7 +126,8 @@ _SUPPORTED_NAMES = {
     FLOAT: "FLOAT", UINT8: "UINT8", INT8: "INT8", UINT16: "UINT16", INT16: "INT16", INT32: "INT32",
     INT64: "INT64", STRING: "STRING", BOOL: "BOOL", FLOAT16: "FLOAT16", DOUBLE: "DOUBLE",
     UINT32: "UINT32", UINT64: "UINT64", COMPLEX64: "COMPLEX64", COMPLEX128: "COMPLEX128",
-    BFLOAT16: "BFLOAT16",
+    BFLOAT16: "BFLOAT16", 17: "FLOAT8E4M3FN", 18: "FLOAT8E4M3FNUZ", 19: "FLOAT8E5M2", 20: "FLOAT8E5M2FNUZ",
+    21: "UINT4", 22: "INT4", 23: "FLOAT4E2M1", 24: "FLOAT8E8M0", 25: "UINT2", 26: "INT2",
 }
 
 

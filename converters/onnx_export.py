@@ -36,7 +36,7 @@ onnx = require("onnx", "onnx", "ONNX export")
 
 from .onnx_dtypes import DTYPE_ATTRIBUTES, IR_TO_ONNX, onnx_dtype  # noqa: E402
 from .onnx_opset import IR_ONNX_OPSET  # noqa: E402
-from .onnx_tensors import split_relative_location  # noqa: E402
+from .onnx_tensors import pack_bits, split_relative_location  # noqa: E402
 
 MAX_PROTO_BYTES = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26  # constant bytes above which weights are written externally
@@ -242,7 +242,13 @@ class _Builder:
         if dtype == "string":
             t.string_data.extend(_as_bytes(s, where) for s in arr.reshape(-1))
             return t
-        data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+        if dtype in _dt.PACKED_BITS:
+            data = pack_bits(arr, dtype)
+        elif dtype in _dt.LOW_PRECISION:
+            data = np.ascontiguousarray(arr).view(np.uint16 if dtype == "bfloat16" else np.uint8)
+            data = data.astype(data.dtype.newbyteorder("<"))
+        else:
+            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
         if self.sink is not None and name and data.nbytes >= EXTERNAL_MIN_TENSOR_BYTES:
             offset = self.sink(data)
             t.data_location = onnx.TensorProto.EXTERNAL

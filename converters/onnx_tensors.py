@@ -48,6 +48,7 @@ _INT_RANGES = {
     "float16": (0, 2**16 - 1),
     "bfloat16": (0, 2**16 - 1),
     "uint32": (0, 2**32 - 1),
+    **{name: (0, 2**8 - 1) for name in ("float8e4m3fn", "float8e4m3fnuz", "float8e5m2", "float8e5m2fnuz", "float8e8m0")},
 }
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -335,13 +336,6 @@ def tensor_to_numpy(tp, reader: ExternalDataReader, where: str | None = None) ->
     """
     where = where or f"tensor '{tp.name}'"
     dtype = ir_dtype(tp.data_type, where)
-    if dtype == "bfloat16":
-        # The IR keeps bfloat16 values as raw uint16 bits, and a constant's dtype is its numpy
-        # dtype, so a bfloat16 constant would silently turn into uint16.
-        raise UnsupportedOpError(
-            f"{where} is a BFLOAT16 tensor; bfloat16 constants cannot be held in the IR yet",
-            ["dtype:BFLOAT16"],
-        )
     if tp.HasField("segment"):
         raise ModelFormatError(f"{where}: segmented tensors are not supported")
     dims = [int(d) for d in tp.dims]
@@ -355,8 +349,8 @@ def tensor_to_numpy(tp, reader: ExternalDataReader, where: str | None = None) ->
             raise ModelFormatError(f"{where}: STRING tensors cannot be stored as external data")
         if tp.HasField("raw_data") or typed:
             raise ModelFormatError(f"{where}: has both external data and inline data")
-        raw = reader.read(tp.external_data, count * npdt.itemsize, where)
-        arr = _from_bytes(raw, dtype, npdt)
+        raw = reader.read(tp.external_data, stored_bytes(dtype, count), where)
+        arr = _from_bytes(raw, dtype, npdt, count)
     elif len(tp.external_data):
         raise ModelFormatError(f"{where}: has external_data entries but data_location is not EXTERNAL")
     elif tp.HasField("raw_data"):
@@ -365,12 +359,12 @@ def tensor_to_numpy(tp, reader: ExternalDataReader, where: str | None = None) ->
         if typed:
             raise ModelFormatError(f"{where}: has both raw_data and {typed[0]}")
         raw = tp.raw_data
-        want = count * npdt.itemsize
+        want = stored_bytes(dtype, count)
         if len(raw) != want:
             raise ModelFormatError(
                 f"{where}: raw_data holds {len(raw)} bytes, but dtype {dtype} and shape {dims} need {want}"
             )
-        arr = _from_bytes(np.frombuffer(raw, dtype=np.uint8), dtype, npdt)
+        arr = _from_bytes(np.frombuffer(raw, dtype=np.uint8), dtype, npdt, count)
     else:
         arr = _from_typed_field(tp, dtype, npdt, count, typed, where)
     arr = arr.reshape(dims)
@@ -378,9 +372,47 @@ def tensor_to_numpy(tp, reader: ExternalDataReader, where: str | None = None) ->
     return arr
 
 
-def _from_bytes(raw: np.ndarray, dtype: str, npdt: np.dtype) -> np.ndarray:
+def stored_bytes(dtype: str, count: int) -> int:
+    """Bytes of ``count`` elements in ONNX storage (sub-byte types are packed)."""
+    bits = _dt.PACKED_BITS.get(dtype)
+    if bits:
+        return (count * bits + 7) // 8
+    return count * _dt.itemsize(dtype)
+
+
+def unpack_bits(packed: np.ndarray, dtype: str, count: int) -> np.ndarray:
+    """Sub-byte values packed little-end first into bytes, as one ml_dtypes element each."""
+    bits = _dt.PACKED_BITS[dtype]
+    per = 8 // bits
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    vals = ((np.asarray(packed, np.uint8)[:, None] >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)[:count]
+    if dtype.startswith("int"):
+        vals = vals.astype(np.int8)
+        vals = np.where(vals >= 1 << (bits - 1), vals - (1 << bits), vals).astype(np.int8)
+    return vals.view(_dt.to_numpy(dtype))
+
+
+def pack_bits(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """The packed bytes of a sub-byte array (inverse of :func:`unpack_bits`)."""
+    bits = _dt.PACKED_BITS[dtype]
+    per = 8 // bits
+    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8) & np.uint8((1 << bits) - 1)
+    pad = (-flat.size) % per
+    if pad:
+        flat = np.concatenate([flat, np.zeros(pad, np.uint8)])
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(flat.reshape(-1, per) << shifts, axis=1).astype(np.uint8)
+
+
+def _from_bytes(raw: np.ndarray, dtype: str, npdt: np.dtype, count: int) -> np.ndarray:
     if dtype == "bool":
         return raw != 0
+    if dtype in _dt.PACKED_BITS:
+        return unpack_bits(raw, dtype, count)
+    if dtype == "bfloat16":
+        return raw.view("<u2").astype(np.uint16).view(npdt)
+    if dtype in _dt.LOW_PRECISION:
+        return raw.view(npdt)
     return raw.view(npdt.newbyteorder("<")).astype(npdt, copy=False)
 
 
@@ -391,6 +423,14 @@ def _from_typed_field(tp, dtype: str, npdt: np.dtype, count: int, typed: list[st
         raise ModelFormatError(f"{where}: dtype {dtype} keeps its values in {field}, but {wrong[0]} is set")
     values = getattr(tp, field)
     per = 2 if dtype.startswith("complex") else 1
+    if dtype in _dt.PACKED_BITS:
+        want = stored_bytes(dtype, count)
+        if len(values) != want:
+            raise ModelFormatError(f"{where}: {field} holds {len(values)} packed bytes, but dtype {dtype} and shape {list(tp.dims)} need {want}")
+        packed = np.fromiter(values, dtype=np.int64, count=len(values))
+        if packed.size and (int(packed.min()) < 0 or int(packed.max()) > 255):
+            raise ModelFormatError(f"{where}: {field} has values outside [0, 255], the range of a packed byte")
+        return unpack_bits(packed.astype(np.uint8), dtype, count)
     if len(values) != count * per:
         raise ModelFormatError(
             f"{where}: {field} holds {len(values)} values, but dtype {dtype} and shape {list(tp.dims)} need {count * per}"
@@ -411,8 +451,10 @@ def _from_typed_field(tp, dtype: str, npdt: np.dtype, count: int, typed: list[st
         lo, hi = _INT_RANGES[dtype]
         if int(wide.min()) < lo or int(wide.max()) > hi:
             raise ModelFormatError(f"{where}: {field} has values outside [{lo}, {hi}], the range of {dtype}")
-    if dtype == "float16":
-        return wide.astype(np.uint16).view(np.float16)
+    if dtype in ("float16", "bfloat16"):
+        return wide.astype(np.uint16).view(npdt)
+    if dtype in _dt.LOW_PRECISION:  # float8: one byte per element
+        return wide.astype(np.uint8).view(npdt)
     return wide.astype(npdt)
 
 

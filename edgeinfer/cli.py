@@ -270,10 +270,8 @@ def _random_input(info, shape: tuple[int, ...], rng: np.random.Generator) -> np.
     from .dtypes import to_numpy
 
     dtype = to_numpy(info.dtype)
-    if info.dtype in ("float16", "float32", "float64"):
-        return rng.random(shape).astype(dtype)
-    if info.dtype == "bfloat16":  # stored as the top 16 bits of a float32
-        return (rng.random(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    if info.dtype in ("float16", "float32", "float64", "bfloat16"):
+        return rng.random(shape).astype(np.float32).astype(dtype)
     if info.dtype == "bool":
         return rng.random(shape) < 0.5
     if dtype.kind in "iu":  # small non-negative values: safe as indices and token ids

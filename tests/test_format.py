@@ -557,3 +557,20 @@ def test_api_load_and_save_use_eim(tmp_path):
     g = rich_graph()
     edgeinfer.save(g, tmp_path / "m.eim")
     assert_same(g, edgeinfer.load(tmp_path / "m.eim"))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float8e4m3fn", "float8e5m2", "int4", "uint2", "float4e2m1"])
+def test_low_precision_constants_round_trip_eim(dtype, tmp_path):
+    pytest.importorskip("ml_dtypes")
+    import edgeinfer
+    from edgeinfer import dtypes
+    from edgeinfer.graph import Graph, Node, ValueInfo
+
+    g = Graph(name="g")
+    g.constants["w"] = np.array([1, -2, 3, 0.5], np.float32).astype(dtypes.to_numpy(dtype))
+    g.outputs = [ValueInfo("y", dtype, (4,))]
+    g.nodes = [Node("Identity", ["w"], ["y"])]
+    edgeinfer.save(g, tmp_path / "lp.eim")
+    back = edgeinfer.load(tmp_path / "lp.eim").constants["w"]
+    assert back.dtype == g.constants["w"].dtype
+    np.testing.assert_array_equal(back.astype(np.float32), g.constants["w"].astype(np.float32))

@@ -272,10 +272,42 @@ def test_typed_fields_decode(arr):
         np.testing.assert_array_equal(g.constants["w"], arr)
 
 
-def test_bfloat16_constant_is_unsupported():
-    t = h.make_tensor("w", TP.BFLOAT16, [2], [1.0, 2.0])
-    with pytest.raises(UnsupportedOpError, match="BFLOAT16"):
-        load(H.add_weight_model(t))
+LOW_PRECISION = [
+    (TP.BFLOAT16, "bfloat16", [1.0, -2.5, 3.140625, float("inf"), 0.0]),
+    (TP.FLOAT8E4M3FN, "float8e4m3fn", [1.0, -2.5, 448.0, 0.015625, 0.0]),
+    (TP.FLOAT8E5M2, "float8e5m2", [1.0, -2.5, 57344.0, float("-inf"), 0.0]),
+    (TP.FLOAT8E4M3FNUZ, "float8e4m3fnuz", [1.0, -2.5, 240.0, 0.5, 0.0]),
+    (TP.FLOAT8E5M2FNUZ, "float8e5m2fnuz", [1.0, -2.5, 0.25, 8.0, 0.0]),
+    (TP.FLOAT8E8M0, "float8e8m0", [1.0, 2.0, 0.5, 1024.0, 0.25]),
+    (TP.INT4, "int4", [-8, 7, 0, -1, 3]),  # odd count: the last byte is half used
+    (TP.UINT4, "uint4", [15, 0, 1, 8, 9]),
+    (TP.INT2, "int2", [-2, 1, 0, -1, 1]),
+    (TP.UINT2, "uint2", [3, 0, 1, 2, 3]),
+    (TP.FLOAT4E2M1, "float4e2m1", [6.0, -0.5, 1.5, 0.0, -4.0]),
+]
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+@pytest.mark.parametrize("code,dtype,values", LOW_PRECISION, ids=[d for _, d, _ in LOW_PRECISION])
+def test_low_precision_constants_round_trip(code, dtype, values, raw, tmp_path):
+    ref = nh.to_array(h.make_tensor("w", code, [5], values))  # onnx's own decoding (ml_dtypes)
+    t = nh.from_array(ref, "w") if raw else h.make_tensor("w", code, [5], values)
+    assert t.HasField("raw_data") == raw
+    node = h.make_node("Identity", ["w"], ["y"])
+    import onnx
+
+    model = H.make_model([node], [], [h.make_tensor_value_info("y", code, [5])], [t], opset=onnx.defs.onnx_opset_version())
+    g = load(model)
+    got = g.constants["w"]
+    from edgeinfer import dtypes
+
+    assert dtypes.from_numpy(got.dtype) == dtype
+    np.testing.assert_array_equal(got.astype(np.float32), ref.astype(np.float32))
+    # the exporter packs sub-byte types back; onnx decodes what we wrote
+    export_onnx(g, tmp_path / "lp.onnx")
+    back = nh.to_array(onnx.load(str(tmp_path / "lp.onnx")).graph.initializer[0])
+    np.testing.assert_array_equal(back.astype(np.float32), ref.astype(np.float32))
+    assert back.dtype == ref.dtype
 
 
 # --------------------------------------------------------- inputs, types, metadata

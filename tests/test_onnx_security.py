@@ -211,7 +211,7 @@ def test_invalid_elem_type_in_graph_input():
 def test_not_yet_supported_elem_type_is_unsupported_not_malformed():
     from edgeinfer.errors import UnsupportedOpError
 
-    raises(UnsupportedOpError, lambda: load(H.invalid_elem_type_model(22)), "'w'", "INT4")
+    raises(UnsupportedOpError, lambda: load(H.invalid_elem_type_model(27)), "'w'", "FLOAT6E2M3")
 
 
 # ------------------------------------------------------------------- files

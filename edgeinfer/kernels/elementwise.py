@@ -17,8 +17,8 @@ dtype rules, applied by the family so the leaves need not care:
 * ``wide_half`` ops (formulas of several steps) run float16 in float32 and round once at the
   end instead of rounding every intermediate to 11 bits (single ufuncs need not: numpy's
   float16 loops already compute in float32);
-* bfloat16 tensors hold raw bits in uint16 (:mod:`edgeinfer.dtypes`); numeric ops widen them
-  to float32 and round results back to the nearest even bfloat16.
+* bfloat16 tensors are ``ml_dtypes.bfloat16`` arrays (:mod:`edgeinfer.dtypes`); numeric ops
+  widen them to float32 and round results back to the nearest even bfloat16.
 
 All single-output kernels are :func:`~.registry.writes_out`.
 """
@@ -49,17 +49,14 @@ Compute = Callable[..., np.ndarray]
 
 
 # ------------------------------------------------------------------------- bfloat16
-def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """Widen raw bfloat16 bits (uint16) to float32 exactly."""
-    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+def bfloat16_to_float32(x: np.ndarray) -> np.ndarray:
+    """Widen a bfloat16 array to float32 (exact)."""
+    return np.asarray(x).astype(np.float32)
 
 
 def float32_to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """Round float32 values to raw bfloat16 bits, nearest even; NaN stays a quiet NaN."""
-    x = np.asarray(x, np.float32)
-    b = x.view(np.uint32)
-    rounded = ((b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+    """Round float32 values to bfloat16, nearest even; NaN stays NaN."""
+    return np.asarray(x, np.float32).astype(_dt.to_numpy("bfloat16"))
 
 
 # ------------------------------------------------------------------------ the family
@@ -96,7 +93,7 @@ def _widen(x: np.ndarray, dtype: str, wide_half: bool) -> np.ndarray:
 def finish(y, out_dtype: str, out: np.ndarray | None) -> np.ndarray:
     """Deliver a computed result as ``out_dtype`` (IR name), in ``out`` when one was given."""
     y = np.asarray(y)
-    if out_dtype == "bfloat16" and y.dtype != np.uint16:
+    if out_dtype == "bfloat16" and y.dtype.name != "bfloat16":
         y = float32_to_bfloat16(y)
     if out is not None:
         if y is not out:
@@ -393,8 +390,25 @@ def _check_mod(ctx: OpContext, kw: dict) -> None:
 
 
 def _bit_shift(direction: str) -> Compute:
-    ufunc = np.left_shift if direction == "LEFT" else np.right_shift
-    return lambda a, b, out=None: ufunc(a, b, out=out)
+    left = direction == "LEFT"
+    ufunc = np.left_shift if left else np.right_shift
+
+    def compute(a, b, out=None):
+        # ONNX defines shift counts outside [0, bits) as the sign fill alone (-1 for a right
+        # shift of a negative value, else 0); C and numpy leave them undefined or
+        # platform-specific, so they are shifted by 0 and overwritten here
+        bits = a.dtype.itemsize * 8
+        oob = b >= bits
+        if b.dtype.kind == "i":
+            oob |= b < 0
+        if not oob.any():
+            return ufunc(a, b, out=out)
+        y = ufunc(a, np.where(oob, 0, b).astype(b.dtype, copy=False), out=out)
+        fill = np.zeros((), a.dtype) if left or a.dtype.kind == "u" else np.where(a < 0, -1, 0).astype(a.dtype)
+        np.copyto(y, np.broadcast_to(fill, y.shape), where=np.broadcast_to(oob, y.shape))
+        return y
+
+    return compute
 
 
 def _check_bit_shift(ctx: OpContext, kw: dict) -> None:
@@ -435,7 +449,7 @@ for _op, (_fn, _accepts, _out) in _BINARY.items():
 register_elementwise("Pow", _pow, accepts=NUMERIC, arity=2, same=(), free=(1,), check=_check_pow)
 register_elementwise("Mod", accepts=NUMERIC, arity=2, attrs={"fmod": 0}, make=_mod, check=_check_mod)
 register_elementwise(
-    "BitShift", accepts=UNSIGNED, arity=2, attrs={"direction": REQUIRED}, make=_bit_shift, check=_check_bit_shift
+    "BitShift", accepts=INTS, arity=2, attrs={"direction": REQUIRED}, make=_bit_shift, check=_check_bit_shift
 )
 
 
