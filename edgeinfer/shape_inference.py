@@ -21,7 +21,7 @@ import numpy as np
 from . import dtypes as _dt
 from .errors import EdgeInferError, GraphError, ShapeInferenceError
 from .graph import Graph, Node, TensorType
-from .kernels.registry import OpContext, get_schema, resolve_attrs
+from .kernels.registry import OpContext, build_kernel, get_schema, resolve_attrs
 
 # Ops never folded even with constant inputs (random generators, ops with hidden state).
 NONDETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"})
@@ -50,7 +50,7 @@ def _shape_value(node: Node, attrs: dict, t: TensorType) -> np.ndarray | None:
 def run_node(node: Node, ctx: OpContext, attrs: dict, arrays: list) -> list[np.ndarray]:
     """Build and run one node's kernel on concrete arrays (used for folding)."""
     schema = get_schema(node.op_type, node.domain)
-    fn = schema.build(ctx, **attrs)
+    fn = build_kernel(schema, ctx, attrs)
     res = fn(*arrays)
     if not isinstance(res, tuple):
         res = (res,)

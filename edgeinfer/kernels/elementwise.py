@@ -228,7 +228,7 @@ def register_elementwise(
         return bind_elementwise(ctx, fn, wide_half=wide_half, widen_bf16=widen_bf16)
 
     shape_rule(op)(infer)
-    kernel(op, attrs=attrs)(build)
+    kernel(op, attrs=attrs, native_lowp=True)(build)
 
 
 # ------------------------------------------------------------------------------- erf

@@ -55,6 +55,7 @@ class OpSchema:
     build: Callable | None = None
     infer: Callable | None = None
     aliases: bool = False
+    native_lowp: bool = False  # the kernel handles bfloat16 itself (see build_kernel)
 
 
 @dataclass
@@ -107,8 +108,13 @@ def _schema(op_type: str, domain: str) -> OpSchema:
     return _OPS[key]
 
 
-def kernel(op_type: str, *, attrs: dict[str, Any] | None = None, domain: str = "", aliases: bool = False):
-    """Register the numpy kernel factory of an operator and its attribute defaults."""
+def kernel(op_type: str, *, attrs: dict[str, Any] | None = None, domain: str = "", aliases: bool = False,
+           native_lowp: bool = False):
+    """Register the numpy kernel factory of an operator and its attribute defaults.
+
+    ``native_lowp=True`` declares that the kernel computes on bfloat16 inputs itself;
+    otherwise :func:`build_kernel` runs it in float32 and rounds bfloat16 outputs.
+    """
 
     def register(build: Callable) -> Callable:
         s = _schema(op_type, domain)
@@ -117,6 +123,7 @@ def kernel(op_type: str, *, attrs: dict[str, Any] | None = None, domain: str = "
         s.build = build
         s.attrs = dict(attrs or {})
         s.aliases = aliases
+        s.native_lowp = native_lowp or (domain == "" and op_type in _MOVES_DATA)
         return build
 
     return register
@@ -168,6 +175,52 @@ def supported_ops() -> list[str]:
     """Every op type with a kernel, as ``op`` or ``domain::op``."""
     _load_all()
     return sorted((f"{d}::{o}" if d else o) for (d, o), s in _OPS.items() if s.build is not None)
+
+
+# Ops that only move, select or reinterpret elements: exact on any dtype, never widened.
+_MOVES_DATA = frozenset({
+    "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice",
+    "Gather", "GatherElements", "GatherND", "ScatterElements", "ScatterND", "Scatter", "Expand", "Tile",
+    "Pad", "Where", "Shape", "Size", "DepthToSpace", "SpaceToDepth", "ReverseSequence", "Compress",
+    "Cast", "CastLike", "BitCast", "Constant", "ConstantOfShape", "If", "Loop", "Scan", "Optional",
+    "OptionalHasElement", "OptionalGetElement", "SequenceAt", "SequenceConstruct", "SequenceEmpty",
+    "SequenceErase", "SequenceInsert", "SequenceLength", "SplitToSequence", "ConcatFromSequence",
+    "SequenceMap", "Dropout", "QuantizeLinear", "DequantizeLinear", "TensorScatter", "CenterCropPad",
+    "Trilu", "EyeLike", "NonZero",
+})
+
+
+def _is_bf16(t) -> bool:
+    return t is not None and t.dtype == "bfloat16"
+
+
+def build_kernel(schema: OpSchema, ctx: OpContext, attrs: dict[str, Any]) -> Callable:
+    """``schema.build`` for ``ctx``; a kernel that is not ``native_lowp`` sees bfloat16 inputs
+    and outputs as float32, and its bfloat16 outputs are rounded back (nearest even)."""
+    if schema.native_lowp or not (any(_is_bf16(t) for t in ctx.inputs) or any(_is_bf16(t) for t in ctx.outputs)):
+        return schema.build(ctx, **attrs)
+    from .. import dtypes as _dt
+
+    bf16 = _dt.to_numpy("bfloat16")
+    wide = lambda t: TensorType("float32", t.shape) if _is_bf16(t) else t  # noqa: E731
+    in_mask = [_is_bf16(t) for t in ctx.inputs]
+    out_mask = [_is_bf16(t) for t in ctx.outputs]
+    wctx = OpContext(
+        ctx.node,
+        [wide(t) for t in ctx.inputs],
+        [v.astype(np.float32) if v is not None and m else v for v, m in zip(ctx.values, in_mask)],
+        [wide(t) for t in ctx.outputs],
+        options=ctx.options,
+    )
+    fn = schema.build(wctx, **attrs)
+
+    def widened_fn(*xs):
+        res = fn(*[x.astype(np.float32) if m and x is not None else x for x, m in zip(xs, in_mask)], *xs[len(in_mask):])
+        if not isinstance(res, tuple):
+            return res.astype(bf16) if out_mask and out_mask[0] and res is not None else res
+        return tuple(r.astype(bf16) if m and r is not None else r for r, m in zip(res, out_mask + [False] * len(res)))
+
+    return widened_fn
 
 
 def resolve_attrs(schema: OpSchema, node: Node) -> dict[str, Any]:
