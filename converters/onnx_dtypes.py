@@ -118,6 +118,7 @@ DTYPE_ATTRIBUTES: frozenset[tuple[str, str]] = frozenset(
         ("RandomUniformLike", "dtype"),
         ("Multinomial", "dtype"),
         ("Bernoulli", "dtype"),
+        ("SequenceEmpty", "dtype"),
     }
 )
 

@@ -215,6 +215,8 @@ class _Builder:
                 a.t.CopyFrom(self.tensor(np.asarray(value), "", where))
             elif kind == _T.GRAPH:
                 a.g.CopyFrom(self.graph(_as_graph(value, where)))
+            elif kind == _T.TYPE_PROTO:
+                a.tp.CopyFrom(_type_proto(str(value), None, where))
             elif kind in _LIST_OF:
                 items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
                 if kind == _T.FLOATS:
@@ -291,9 +293,19 @@ def _schema(n: Node, opsets: dict[str, int]):
         return None
 
 
+def _type_proto(dtype: str, shape, where: str):
+    if _dt.is_sequence(dtype):
+        return onnx.helper.make_sequence_type_proto(_type_proto(_dt.element_type(dtype), shape, where))
+    if _dt.is_optional(dtype):
+        return onnx.helper.make_optional_type_proto(_type_proto(_dt.element_type(dtype), shape, where))
+    return onnx.helper.make_tensor_type_proto(onnx_dtype(dtype, where), None if shape is None else list(shape))
+
+
 def _value_info(v: ValueInfo):
-    shape = None if v.shape is None else [d for d in v.shape]
-    return onnx.helper.make_tensor_value_info(v.name, onnx_dtype(v.dtype, f"tensor '{v.name}'"), shape)
+    if _dt.is_tensor(v.dtype):
+        shape = None if v.shape is None else [d for d in v.shape]
+        return onnx.helper.make_tensor_value_info(v.name, onnx_dtype(v.dtype, f"tensor '{v.name}'"), shape)
+    return onnx.helper.make_value_info(v.name, _type_proto(v.dtype, v.shape, f"value '{v.name}'"))
 
 
 def _infer_kind(value, where: str) -> int:

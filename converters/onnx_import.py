@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeinfer import dtypes as _dt
 from edgeinfer.errors import EdgeInferError, ModelFormatError, UnsupportedOpError, require
 from edgeinfer.graph import MAX_SUBGRAPH_DEPTH, Graph, Node, ValueInfo
 
@@ -377,7 +378,7 @@ class _Importer:
             scope.add_constant(name, sparse_to_numpy(s, self.reader, f"sparse initializer '{name}'"), f"graph '{gname}'")
         initializers = set(scope.constants)
         overridable = self.model.ir_version >= 4
-        inputs = [self._value_info(v, f"graph '{gname}' input", scope) for v in gp.input
+        inputs = [self._value_info(v, f"graph '{gname}' input", scope, untyped_ok=not main) for v in gp.input
                   if overridable or v.name not in initializers]
         value_info: dict[str, ValueInfo] = {}
         for v in gp.value_info:
@@ -397,7 +398,7 @@ class _Importer:
             scope.version = version
             scope.current = node
             nodes.extend(onnx_opset.normalize_node(node, scope))
-        outputs = [self._value_info(v, f"graph '{gname}' output", scope) for v in gp.output]
+        outputs = [self._value_info(v, f"graph '{gname}' output", scope, untyped_ok=not main) for v in gp.output]
         for name in [i.name for i in inputs] + [o.name for o in outputs]:
             value_info.pop(name, None)
         graph = Graph(inputs=inputs, outputs=outputs, nodes=nodes, constants=scope.constants,
@@ -421,45 +422,43 @@ class _Importer:
             meta["onnx.model_version"] = str(m.model_version)
         return meta
 
-    def _value_info(self, v, where: str, scope: "GraphScope", optional: bool = False) -> ValueInfo | None:
+    def _value_info(self, v, where: str, scope: "GraphScope", optional: bool = False,
+                    untyped_ok: bool = False) -> ValueInfo | None:
+        """``untyped_ok``: a subgraph's input or output may leave its type to the node running
+        it (ONNX allows this; it gets dtype "undefined" and takes its type at run time)."""
         where = f"{where} '{v.name}'"
         if not v.name:
             raise ModelFormatError(f"{where}: a value has no name")
         kind = v.type.WhichOneof("value") if v.HasField("type") else None
+        if kind in ("sequence_type", "optional_type"):
+            dtype, shape = _composite_type(v.type, where)
+            if dtype is None:
+                if optional:
+                    return None
+                raise ModelFormatError(f"{where} has no element type")
+            return ValueInfo(v.name, dtype, shape)
         if kind != "tensor_type":
             if optional:
                 return None
             if kind is None:
-                dtype = scope.dtype_of(v.name)
+                dtype = scope.dtype_of(v.name) or ("undefined" if untyped_ok else None)
                 if dtype is None:
                     raise ModelFormatError(f"{where} has no type")
                 return ValueInfo(v.name, dtype, None)
             raise UnsupportedOpError(
-                f"{where} has a {kind.replace('_type', '')} type; only tensors are supported",
+                f"{where} has a {kind.replace('_type', '')} type; only tensors, sequences and optionals are supported",
                 [f"type:{kind}"],
             )
         tt = v.type.tensor_type
         if tt.elem_type == 0:
             if optional:
                 return None
-            dtype = scope.dtype_of(v.name)
+            dtype = scope.dtype_of(v.name) or ("undefined" if untyped_ok else None)
             if dtype is None:
                 raise ModelFormatError(f"{where} has no element type")
         else:
             dtype = ir_dtype(tt.elem_type, where)
-        shape = None
-        if tt.HasField("shape"):
-            dims = []
-            for d in tt.shape.dim:
-                which = d.WhichOneof("value")
-                if which == "dim_value":
-                    dims.append(int(d.dim_value) if d.dim_value >= 0 else None)
-                elif which == "dim_param" and d.dim_param:
-                    dims.append(d.dim_param)
-                else:
-                    dims.append(None)
-            shape = tuple(dims)
-        return ValueInfo(v.name, dtype, shape)
+        return ValueInfo(v.name, dtype, _tensor_shape(tt))
 
     def _raw_nodes(self, protos, opsets, depth: int, scope: "GraphScope", binding) -> list[tuple[Node, int]]:
         """Nodes with attributes converted, functions inlined, Constants moved to constants."""
@@ -578,14 +577,55 @@ class _Importer:
             return [sparse_to_numpy(t, self.reader, f"{where}[{i}]") for i, t in enumerate(a.sparse_tensors)]
         if kind == _A.GRAPHS:
             return [self._subgraph(g, f"{where}[{i}]", depth, scope) for i, g in enumerate(a.graphs)]
-        if kind in (_A.TYPE_PROTO, _A.TYPE_PROTOS):
-            raise UnsupportedOpError(f"{where}: type-valued attributes are not supported", ["attribute:TYPE_PROTO"])
+        if kind == _A.TYPE_PROTO:  # held as the IR type string (Optional's 'type')
+            dtype = _composite_type(a.tp, where)[0]
+            if dtype is None:
+                raise ModelFormatError(f"{where}: the type has no element type")
+            return dtype
+        if kind == _A.TYPE_PROTOS:
+            raise UnsupportedOpError(f"{where}: lists of types are not supported", ["attribute:TYPE_PROTOS"])
         raise ModelFormatError(f"{where}: unknown attribute type {kind}")
 
     def _subgraph(self, g, where: str, depth: int, scope: "GraphScope") -> Graph:
         if depth + 1 > MAX_SUBGRAPH_DEPTH:
             raise ModelFormatError(f"{where}: subgraphs are nested more than {MAX_SUBGRAPH_DEPTH} levels deep")
         return self._graph(g, scope.node_opsets, depth + 1, scope, binding=scope.node_binding)
+
+
+def _tensor_shape(tt):
+    if not tt.HasField("shape"):
+        return None
+    dims = []
+    for d in tt.shape.dim:
+        which = d.WhichOneof("value")
+        if which == "dim_value":
+            dims.append(int(d.dim_value) if d.dim_value >= 0 else None)
+        elif which == "dim_param" and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def _composite_type(tp, where: str, depth: int = 0):
+    """(IR type string, shape) of a TypeProto; the shape is the tensor's, or its elements'."""
+    kind = tp.WhichOneof("value")
+    if depth > 2:
+        raise UnsupportedOpError(f"{where}: types nested more than 2 deep are not supported", ["type:nested"])
+    if kind == "tensor_type":
+        if tp.tensor_type.elem_type == 0:
+            return None, None
+        return ir_dtype(tp.tensor_type.elem_type, where), _tensor_shape(tp.tensor_type)
+    if kind == "sequence_type":
+        elem, shape = _composite_type(tp.sequence_type.elem_type, where, depth + 1)
+        return (None if elem is None else _dt.sequence_of(elem)), shape
+    if kind == "optional_type":
+        elem, shape = _composite_type(tp.optional_type.elem_type, where, depth + 1)
+        return (None if elem is None else _dt.optional_of(elem)), shape
+    if kind is None:
+        return None, None
+    raise UnsupportedOpError(f"{where} has a {kind.replace('_type', '')} type, which edgeinfer does not support",
+                             [f"type:{kind}"])
 
 
 def _kernel_exists(op_type: str, domain: str) -> bool:

@@ -111,6 +111,8 @@ def optional_of(elem: str) -> str:
 def check_type(dtype) -> str:
     """``dtype`` when it names an IR type (tensor, sequence or optional), else GraphError."""
     t = dtype
+    if t == "undefined":  # a subgraph value typed by the node that runs it (see onnx_import)
+        return dtype
     if is_optional(t):
         t = element_type(t)
     if is_sequence(t):

@@ -317,7 +317,7 @@ def format_shape(shape: Shape) -> str:
 def _check_value_info(v: ValueInfo, where: str) -> None:
     if not isinstance(v, ValueInfo) or not v.name:
         raise GraphError(f"{where}: every input/output needs a ValueInfo with a name, found {v!r}")
-    _dt.to_numpy(v.dtype)
+    _dt.check_type(v.dtype)
     if v.shape is not None:
         for d in v.shape:
             if not (d is None or isinstance(d, str) or (isinstance(d, int) and d >= 0)):
@@ -378,3 +378,8 @@ def toposort_nodes(nodes: list[Node], available: set[str]) -> list[Node]:
         stuck = next(nodes[i] for i in range(len(nodes)) if remaining[i] > 0)
         raise GraphError(f"the graph has a cycle through {stuck.label}")
     return [nodes[i] for i in order]
+
+
+def outer_reads(node: Node) -> set[str]:
+    """Names the subgraphs of ``node`` (nested ones included) read from enclosing scopes."""
+    return _outer_reads(node)

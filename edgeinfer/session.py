@@ -9,7 +9,7 @@ import numpy as np
 from . import dtypes as _dt
 from .backends import get_backend
 from .errors import InputError, UnsupportedOpError
-from .graph import Graph, ValueInfo, format_shape
+from .graph import Graph, TensorType, ValueInfo, format_shape
 
 
 class Session:
@@ -24,13 +24,16 @@ class Session:
         backend: backend name (``edgeinfer backends`` lists them).
         threads: threads for the backend's math (``None``: the backend's default; 1: one thread).
         options: backend-specific options.
+        profile: time every node of every run (backends that support it: ``cpu``); read the
+            result with :meth:`profile`. Off by default, and then it costs nothing.
 
     Example:
         >>> sess = Session("model.onnx")
         >>> out = sess.run({"image": x})["logits"]
     """
 
-    def __init__(self, model: Any, backend: str = "cpu", threads: int | None = None, options: dict | None = None):
+    def __init__(self, model: Any, backend: str = "cpu", threads: int | None = None, options: dict | None = None,
+                 profile: bool = False):
         from .api import load
 
         self.graph: Graph = model if isinstance(model, Graph) else load(model)
@@ -40,6 +43,8 @@ class Session:
         self.backend = backend
         self.threads = threads
         self.options = dict(options or {})
+        if profile:
+            self.options["profile"] = True
         self._backend = get_backend(backend)
         missing = self._backend.unsupported(self.graph)
         if missing:
@@ -50,6 +55,8 @@ class Session:
         self._plans: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self._required = self.graph.required_inputs()
+        # sequence/optional inputs: plans are not specialised on their element shapes
+        self._composite = {v.name: TensorType(v.dtype, None) for v in self.graph.inputs if not _dt.is_tensor(v.dtype)}
         self._overridable = {v.name: v for v in self.graph.overridable_inputs()}
         static = {v.name: v.shape for v in self._required if v.is_static()}
         if len(static) == len(self._required):
@@ -83,11 +90,53 @@ class Session:
         """
         feeds = self._check_feeds(feeds)
         names = self._check_output_names(output_names)
-        shapes = {name: tuple(arr.shape) for name, arr in feeds.items()}
+        shapes = {name: (tuple(arr.shape) if isinstance(arr, np.ndarray) else self._composite[name])
+                  for name, arr in feeds.items()}
         overridden = frozenset(n for n in feeds if n in self._overridable)
         exe = self._executable(shapes, overridden)
         out = exe.run(feeds)
         return {n: out[n] for n in names}
+
+    def profile(self) -> dict:
+        """Wall time per node and per op type, summed over the runs since the last reset.
+
+        Needs ``Session(..., profile=True)``. Returns::
+
+            {"runs": int, "total_ms": float,
+             "nodes": [{"node", "op_type", "outputs", "calls", "total_ms", "mean_ms"}, ...],
+             "op_types": {op_type: {"nodes": int, "total_ms": float, "share": float}}}
+
+        ``nodes`` are in execution order (one record per node and compiled input-shape
+        signature); ``op_types`` is sorted by time, most first. Fused nodes are reported as
+        their fused op (``edgeinfer::FusedConv``, ...) with the absorbed activation in ``fused``.
+
+        Raises:
+            InputError: when the session was not created with ``profile=True``.
+        """
+        if not self.options.get("profile"):
+            raise InputError("this Session was created without profile=True, so it has no profile")
+        runs, nodes = 0, []
+        for exe in list(self._plans.values()):
+            report = exe.profile() if hasattr(exe, "profile") else {"runs": 0, "nodes": []}
+            runs += report["runs"]
+            nodes.extend(report["nodes"])
+        per_op: dict[str, dict] = {}
+        for rec in nodes:
+            rec["mean_ms"] = rec["total_ms"] / rec["calls"] if rec["calls"] else 0.0
+            entry = per_op.setdefault(rec["op_type"], {"nodes": 0, "total_ms": 0.0})
+            entry["nodes"] += 1
+            entry["total_ms"] += rec["total_ms"]
+        total = sum(e["total_ms"] for e in per_op.values())
+        for entry in per_op.values():
+            entry["share"] = entry["total_ms"] / total if total else 0.0
+        op_types = dict(sorted(per_op.items(), key=lambda kv: -kv[1]["total_ms"]))
+        return {"runs": runs, "total_ms": total, "nodes": nodes, "op_types": op_types}
+
+    def reset_profile(self) -> None:
+        """Start the profile afresh (the compiled plans stay)."""
+        for exe in list(self._plans.values()):
+            if hasattr(exe, "reset_profile"):
+                exe.reset_profile()
 
     # ----------------------------------------------------------------- internals
     def _executable(self, shapes: dict[str, tuple], overridden: frozenset):
@@ -139,6 +188,9 @@ class Session:
             info = self._overridable.get(name)
             if info is None:
                 info = next(v for v in self._required if v.name == name)
+            if not _dt.is_tensor(info.dtype):
+                out[name] = _check_composite(name, value, info.dtype)
+                continue
             arr = value if isinstance(value, np.ndarray) else _as_array(name, value)
             got = _dt.from_numpy(arr.dtype) if arr.dtype.kind not in "US" else "string"
             if got != info.dtype:
@@ -172,6 +224,23 @@ class Session:
         ins = ", ".join(str(v) for v in self._required)
         outs = ", ".join(str(v) for v in self.graph.outputs)
         return f"Session(backend='{self.backend}', inputs=[{ins}], outputs=[{outs}])"
+
+
+def _check_composite(name: str, value, dtype: str, where: str = ""):
+    """A sequence (list of arrays) or optional (None or a value) feed checked against ``dtype``."""
+    where = where or f"input '{name}'"
+    if _dt.is_optional(dtype):
+        return None if value is None else _check_composite(name, value, _dt.element_type(dtype), where)
+    if _dt.is_sequence(dtype):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where} is a sequence ({dtype}); pass a list of arrays, got {type(value).__name__}")
+        elem = _dt.element_type(dtype)
+        return [_check_composite(name, v, elem, f"{where} item {i}") for i, v in enumerate(value)]
+    arr = value if isinstance(value, np.ndarray) else _as_array(name, value)
+    got = _dt.from_numpy(arr.dtype) if arr.dtype.kind not in "US" else "string"
+    if got != dtype:
+        raise InputError(f"{where} expects dtype {dtype}, got {got} (shape {list(arr.shape)})")
+    return arr.astype(object) if arr.dtype.kind in "US" else arr
 
 
 def _as_array(name: str, value) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import dtypes as _dt
 from .errors import EdgeInferError, GraphError, ShapeInferenceError
-from .graph import Graph, Node, TensorType
+from .graph import Graph, Node, TensorType, outer_reads
 from .kernels.registry import OpContext, build_kernel, get_schema, resolve_attrs
 
 # Ops never folded even with constant inputs (random generators, ops with hidden state).
@@ -64,6 +64,7 @@ def propagate(
     fold: bool | str = False,
     values: dict[str, np.ndarray] | None = None,
     on_error: Callable[[Node, Exception], None] | None = None,
+    outer_types: dict[str, TensorType] | None = None,
 ) -> tuple[dict[str, TensorType], dict[str, np.ndarray]]:
     """Infer the type of every tensor, propagating known values.
 
@@ -77,6 +78,7 @@ def propagate(
             names that are graph inputs (overridable inputs are not constant here).
         on_error: when given, called for a node whose shape rule fails, instead of raising;
             its outputs then get unknown types.
+        outer_types: for a subgraph, the types of the enclosing scopes' names it may read.
 
     Returns:
         (types, values): a type per tensor name and the values known at compile time.
@@ -85,7 +87,8 @@ def propagate(
     known: dict[str, np.ndarray] = (
         dict(values) if values is not None else {k: v for k, v in graph.constants.items() if k not in input_names}
     )
-    types: dict[str, TensorType] = {name: _type_of(v) for name, v in known.items()}
+    types: dict[str, TensorType] = dict(outer_types or {})
+    types.update((name, _type_of(v)) for name, v in known.items())
     for v in graph.inputs:
         t = (input_types or {}).get(v.name, v.type)
         types[v.name] = t
@@ -111,6 +114,8 @@ def _propagate_node(node: Node, types: dict, known: dict, fold) -> None:
             raise GraphError(f"{node.label}: input '{name}' has no known type (is it defined before the node?)")
     in_values = [known.get(i) if i else None for i in node.inputs]
     ctx = OpContext(node, in_types, in_values)
+    if node.attrs and any(True for _ in node.subgraphs()):
+        ctx.captures, ctx.scope, ctx.scope_values = sorted(outer_reads(node)), types, known
     present = [v for i, v in zip(node.inputs, in_values) if i]
     can_fold = (
         fold
@@ -125,6 +130,8 @@ def _propagate_node(node: Node, types: dict, known: dict, fold) -> None:
             types[node.outputs[0]] = _type_of(val)
             return
     out_types = _infer(node, schema, ctx, attrs)
+    if can_fold and not all(t is not None and _dt.is_tensor(t.dtype) for t in out_types):
+        can_fold = False  # folded values are arrays; sequences and optionals stay runtime values
     if can_fold and fold == "small":
         sizes = [_numel(t) for t in out_types]
         can_fold = all(s is not None and s <= SMALL_FOLD_LIMIT for s in sizes)

@@ -335,10 +335,33 @@ def test_value_info_shapes():
     assert g.outputs[0].shape is None
 
 
-def test_sequence_input_is_unsupported():
+def test_sequence_and_optional_inputs(tmp_path):
+    from edgeinfer import Session
+    from edgeinfer.errors import InputError
+
     seq = h.make_tensor_sequence_value_info("s", TP.FLOAT, None)
-    model = H.make_model([h.make_node("SequenceLength", ["s"], ["y"])], [seq], [H.value("y", (), TP.INT64)])
-    with pytest.raises(UnsupportedOpError, match="'s'.*sequence"):
+    opt = h.make_value_info("o", h.make_optional_type_proto(h.make_tensor_type_proto(TP.FLOAT, [2])))
+    nodes = [h.make_node("SequenceLength", ["s"], ["n"]), h.make_node("OptionalHasElement", ["o"], ["has"])]
+    model = H.make_model(nodes, [seq, opt], [H.value("n", (), TP.INT64), H.value("has", (), TP.BOOL)])
+    g = load(model)
+    assert [v.dtype for v in g.inputs] == ["sequence(float32)", "optional(float32)"]
+    sess = Session(g)
+    out = sess.run({"s": [np.zeros(2, np.float32)] * 3, "o": None})
+    assert int(out["n"]) == 3 and not bool(out["has"])
+    assert bool(sess.run({"s": [], "o": np.ones(2, np.float32)})["has"])
+    with pytest.raises(InputError, match="'s'.*list"):
+        sess.run({"s": np.zeros(2, np.float32), "o": None})
+    with pytest.raises(InputError, match="item 1.*float32"):
+        sess.run({"s": [np.zeros(2, np.float32), np.zeros(2, np.int64)], "o": None})
+    # the types survive an ONNX round trip
+    export_onnx(g, tmp_path / "seq.onnx")
+    assert [v.dtype for v in load(str(tmp_path / "seq.onnx")).inputs] == ["sequence(float32)", "optional(float32)"]
+
+
+def test_map_input_is_unsupported():
+    m = h.make_value_info("m", h.make_map_type_proto(TP.INT64, h.make_tensor_type_proto(TP.FLOAT, None)))
+    model = H.make_model([h.make_node("Identity", ["m"], ["y"])], [m], [H.value("y")])
+    with pytest.raises(UnsupportedOpError, match="'m'.*map"):
         load(model)
 
 

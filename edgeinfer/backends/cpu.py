@@ -18,6 +18,8 @@ thread gets its own arena (a pool of instances), so one compiled plan serves man
 from __future__ import annotations
 
 import queue
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,8 +27,8 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..errors import EdgeInferError, KernelError, ShapeInferenceError
-from ..graph import Graph, Node, TensorType
-from ..kernels.registry import OpContext, get_schema, is_supported, resolve_attrs
+from ..graph import Graph, Node, TensorType, outer_reads
+from ..kernels.registry import OpContext, build_kernel, get_schema, is_supported, resolve_attrs
 from ..optimize import fold_batch_norm, fuse_conv_activation, remove_identities
 from ..shape_inference import propagate
 
@@ -60,11 +62,20 @@ def compile(graph: Graph, input_shapes: dict[str, tuple], threads: int | None = 
         graph: the model graph (not modified).
         input_shapes: concrete shape for every graph input without a default.
         threads: BLAS threads for this executable (``None`` leaves the process setting).
-        options: ``{"optimize": False}`` turns off fusion (useful to debug a fusion).
+        options: ``{"optimize": False}`` turns off fusion (useful to debug a fusion);
+            ``{"profile": True}`` times every node (see :meth:`CpuExecutable.profile`).
     """
     options = dict(options or {})
     plan = _Planner(graph, input_shapes, options).build()
-    return CpuExecutable(plan, threads)
+    return CpuExecutable(plan, threads, profile=bool(options.get("profile")))
+
+
+def _input_type(v, shape) -> TensorType:
+    """A graph input's type for compilation: its dtype with the given concrete shape (a
+    sequence or optional input may come with a TensorType of its own, or no shape)."""
+    if isinstance(shape, TensorType):
+        return shape
+    return TensorType(v.dtype, None if shape is None else tuple(shape))
 
 
 @dataclass
@@ -100,7 +111,7 @@ class _Planner:
         g = self.source.copy()
         # inputs with defaults that the caller does not feed are constants from here on
         g.inputs = [v for v in g.inputs if v.name not in g.constants]
-        in_types = {v.name: TensorType(v.dtype, tuple(self.input_shapes[v.name])) for v in g.inputs}
+        in_types = {v.name: _input_type(v, self.input_shapes[v.name]) for v in g.inputs}
         types, values = propagate(g, in_types, fold=True)
         g = self._drop_folded(g, values)
         if self.options.get("optimize", True):
@@ -117,6 +128,7 @@ class _Planner:
         out = g.copy()
         out.nodes = [n for n in g.nodes if not all((not o) or o in values for o in n.outputs)]
         needed = {i for n in out.nodes for i in n.inputs if i} | set(out.output_names)
+        needed |= {r for n in out.nodes if n.attrs for r in outer_reads(n)}
         out.constants = {k: v for k, v in values.items() if k in needed}
         return out
 
@@ -146,13 +158,18 @@ class _Planner:
                 [types.get(o) if o else None for o in node.outputs],
                 options=self.options,
             )
+            captures: list[str] = []
+            if node.attrs and any(True for _ in node.subgraphs()):
+                # values the subgraphs read from this scope follow the node's own inputs
+                captures = sorted(outer_reads(node))
+                ctx.captures, ctx.scope, ctx.scope_values = captures, types, g.constants
             try:
-                fn = schema.build(ctx, **attrs)
+                fn = build_kernel(schema, ctx, attrs)
             except EdgeInferError:
                 raise
             except Exception as e:
                 raise ShapeInferenceError(f"{node.label}: building the kernel failed: {type(e).__name__}: {e}") from e
-            ins = [slot(i) if i else -1 for i in node.inputs]
+            ins = [slot(i) if i else -1 for i in node.inputs] + [slot(c) for c in captures]
             outs = [slot(o) if o else scratch for o in node.outputs]
             steps.append(_Step(node, fn, ins, outs, out_type=types.get(node.outputs[0]) if node.outputs else None))
 
@@ -195,7 +212,7 @@ def _plan_buffers(g: Graph, steps: list[_Step], slots: dict[str, int], types: di
             and t is not None
             and t.shape is not None
             and all(isinstance(d, int) for d in t.shape)
-            and t.dtype != "string"
+            and t.dtype != "string" and _dt.is_tensor(t.dtype)
         )
         if wants_block:
             nbytes = max(_ALIGN, int(np.prod(t.shape, dtype=np.int64)) * _dt.itemsize(t.dtype))
@@ -244,12 +261,15 @@ def _plan_buffers(g: Graph, steps: list[_Step], slots: dict[str, int], types: di
 class _Instance:
     """One arena + bound step closures; used by one thread at a time."""
 
-    def __init__(self, plan: _Plan):
+    def __init__(self, plan: _Plan, profile: bool = False):
         self.plan = plan
         blocks = [np.empty(size + _ALIGN, dtype=np.uint8) for size in plan.block_sizes]
         blocks = [b[(-b.ctypes.data) % _ALIGN:][: size] for b, size in zip(blocks, plan.block_sizes)]
         self.blocks = blocks
         self.calls = [self._make_call(st) for st in plan.steps]
+        # profiling: seconds spent in each step summed over ``runs`` (None: not profiling)
+        self.step_seconds: list[float] | None = [0.0] * len(plan.steps) if profile else None
+        self.runs = 0
 
     def _make_call(self, st: _Step) -> Callable[[list], None]:
         fn, ins, outs, dead = st.fn, st.ins, st.outs, st.free_after
@@ -291,8 +311,12 @@ class _Instance:
             r[s] = feeds[name]
         k = 0
         try:
-            for k, call in enumerate(self.calls):
-                call(r)
+            if self.step_seconds is None:
+                for k, call in enumerate(self.calls):
+                    call(r)
+            else:
+                self._run_timed(r)
+                k = len(self.calls)
         except EdgeInferError as e:
             node = plan.steps[k].node
             if node.label in str(e):
@@ -302,18 +326,45 @@ class _Instance:
             node = plan.steps[k].node
             shapes = [None if i < 0 or r[i] is None else tuple(np.shape(r[i])) for i in plan.steps[k].ins]
             raise KernelError(f"{node.label} failed: {type(e).__name__}: {e} (input shapes {shapes})") from e
-        return {name: (np.array(r[s], copy=True) if copy else r[s]) for name, s, copy in plan.output_slots}
+        return {name: (_copy_value(r[s]) if copy else r[s]) for name, s, copy in plan.output_slots}
+
+    def _run_timed(self, r: list) -> None:
+        """The run loop with a clock read after every step (profiling only)."""
+        clock = time.perf_counter
+        seconds = [0.0] * len(self.calls)
+        t0 = clock()
+        for k, call in enumerate(self.calls):
+            try:
+                call(r)
+            finally:
+                t1 = clock()
+                seconds[k] = t1 - t0
+                t0 = t1
+        acc = self.step_seconds
+        for k, t in enumerate(seconds):
+            acc[k] += t
+        self.runs += 1
 
 
 class CpuExecutable:
     """A compiled plan; ``run`` is safe to call from several threads at once."""
 
-    def __init__(self, plan: _Plan, threads: int | None):
+    def __init__(self, plan: _Plan, threads: int | None, profile: bool = False):
         self.plan = plan
         self.threads = threads
+        self.profiling = profile
+        self._instances: list[_Instance] = []  # every instance made, for the profile
+        self._instances_lock = threading.Lock()
         self._pool: queue.SimpleQueue[_Instance] = queue.SimpleQueue()
-        self._pool.put(_Instance(plan))
+        self._pool.put(self._new_instance())
         self._limiter = _blas_limiter(threads)
+
+    def _new_instance(self) -> "_Instance":
+        inst = _Instance(self.plan, self.profiling)
+        if self.profiling:
+            with self._instances_lock:
+                self._instances.append(inst)
+        return inst
 
     @property
     def graph(self) -> Graph:
@@ -324,7 +375,7 @@ class CpuExecutable:
         try:
             inst = self._pool.get_nowait()
         except queue.Empty:
-            inst = _Instance(self.plan)
+            inst = self._new_instance()
         try:
             if self._limiter is None:
                 return inst.run(feeds)
@@ -332,6 +383,47 @@ class CpuExecutable:
                 return inst.run(feeds)
         finally:
             self._pool.put(inst)
+
+    def profile(self) -> dict:
+        """Per-step wall time summed over every run since compiling or :meth:`reset_profile`.
+
+        Returns ``{"runs": n, "nodes": [...]}`` with one record per bound node, in execution
+        order: ``{"node", "op_type", "outputs", "calls", "total_ms"}``. ``op_type`` carries the
+        domain (``edgeinfer::FusedConv``); fused nodes add ``"fused"``, the activation they absorbed.
+        Empty when the executable was compiled without ``{"profile": True}``.
+        """
+        with self._instances_lock:
+            instances = list(self._instances)
+        runs = sum(i.runs for i in instances)
+        records = []
+        if self.profiling:
+            for k, st in enumerate(self.plan.steps):
+                node = st.node
+                rec = {
+                    "node": node.name or (node.outputs[0] if node.outputs else "?"),
+                    "op_type": f"{node.domain}::{node.op_type}" if node.domain else node.op_type,
+                    "outputs": list(node.outputs),
+                    "calls": runs,
+                    "total_ms": 1e3 * sum(i.step_seconds[k] for i in instances),
+                }
+                if node.attrs.get("activation"):
+                    rec["fused"] = node.attrs["activation"]
+                records.append(rec)
+        return {"runs": runs, "nodes": records}
+
+    def reset_profile(self) -> None:
+        """Zero the profile counters."""
+        with self._instances_lock:
+            for inst in self._instances:
+                inst.runs = 0
+                inst.step_seconds = [0.0] * len(self.plan.steps)
+
+
+def _copy_value(v):
+    """A copy of an output that may view the arena: an array, a sequence (list) or None."""
+    if isinstance(v, list):
+        return [np.array(x, copy=True) for x in v]
+    return None if v is None else np.array(v, copy=True)
 
 
 def _blas_limiter(threads: int | None):

@@ -75,6 +75,12 @@ class OpContext:
     values: list[np.ndarray | None]
     outputs: list[TensorType] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)
+    # nodes with subgraphs (If, Loop, Scan, ...): the names the subgraphs read from enclosing
+    # scopes, in the order their values follow the node's inputs in the kernel call, and the
+    # types/constant values of every name visible at the node
+    captures: list[str] = field(default_factory=list)
+    scope: dict[str, TensorType] = field(default_factory=dict)
+    scope_values: dict[str, Any] = field(default_factory=dict)
 
     def error(self, message: str) -> GraphError:
         from ..errors import ShapeInferenceError
@@ -211,6 +217,7 @@ def build_kernel(schema: OpSchema, ctx: OpContext, attrs: dict[str, Any]) -> Cal
         [v.astype(np.float32) if v is not None and m else v for v, m in zip(ctx.values, in_mask)],
         [wide(t) for t in ctx.outputs],
         options=ctx.options,
+        captures=ctx.captures, scope=ctx.scope, scope_values=ctx.scope_values,
     )
     fn = schema.build(wctx, **attrs)
 

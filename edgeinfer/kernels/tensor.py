@@ -176,7 +176,7 @@ def flatten(ctx: OpContext, axis):
 def squeeze_shape(ctx: OpContext) -> list[TensorType]:
     x = ctx.inputs[0]
     if ctx.has_input(1):
-        check_index_input(ctx, 1, "axes")
+        check_index_input(ctx, 1, "axes", ranks=(0, 1))  # ORT accepts a scalar too
         axes = const_ints(ctx, 1)
         n = vector_length(ctx.inputs[1])
         if axes is None and n != 0:
@@ -205,6 +205,7 @@ def squeeze(ctx: OpContext):
     def squeeze_fn(x, axes=None):
         if axes is None or axes.size == 0:
             return x.reshape(tuple(d for d in x.shape if d != 1))
+        axes = np.reshape(axes, -1)
         picked = {int(a) + x.ndim if a < 0 else int(a) for a in axes}
         if any(not 0 <= a < x.ndim or x.shape[a] != 1 for a in picked):
             raise _fail(label, f"cannot squeeze axes {[int(a) for a in axes]} of shape {list(x.shape)}")
@@ -228,7 +229,7 @@ def unsqueeze_dims(shape: Sequence[Dim], axes: Sequence[int]) -> tuple:
 @shape_rule("Unsqueeze")
 def unsqueeze_shape(ctx: OpContext) -> list[TensorType]:
     x = ctx.inputs[0]
-    check_index_input(ctx, 1, "axes")
+    check_index_input(ctx, 1, "axes", ranks=(0, 1))  # ORT accepts a scalar too
     axes = const_ints(ctx, 1)
     if x.shape is None or axes is None:
         n, r = vector_length(ctx.inputs[1]), rank_of(ctx)
@@ -245,7 +246,7 @@ def unsqueeze(ctx: OpContext):
 
     def unsqueeze_fn(x, axes):
         try:
-            return x.reshape(unsqueeze_dims(x.shape, [int(a) for a in axes]))
+            return x.reshape(unsqueeze_dims(x.shape, [int(a) for a in np.reshape(axes, -1)]))
         except ValueError as e:
             raise _fail(label, str(e)) from None
 
