@@ -119,6 +119,10 @@ DTYPE_ATTRIBUTES: frozenset[tuple[str, str]] = frozenset(
         ("Multinomial", "dtype"),
         ("Bernoulli", "dtype"),
         ("SequenceEmpty", "dtype"),
+        ("HannWindow", "output_datatype"),
+        ("HammingWindow", "output_datatype"),
+        ("BlackmanWindow", "output_datatype"),
+        ("MelWeightMatrix", "output_datatype"),
     }
 )
 
