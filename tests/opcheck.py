@@ -11,6 +11,7 @@ import numpy as np
 from edgeinfer import dtypes
 from edgeinfer.graph import Node, TensorType
 from edgeinfer.kernels import OpContext, get_schema, resolve_attrs
+from edgeinfer.kernels.registry import build_kernel
 
 
 def _type_of(a):
@@ -33,7 +34,7 @@ def run_edgeinfer(op_type, inputs, attrs=None, n_outputs=1, const_inputs=(), dom
     out_types = schema.infer(ctx, **kw)
     assert len(out_types) == n_outputs, f"shape rule returned {len(out_types)} types for {n_outputs} outputs"
     ctx.outputs = list(out_types)
-    fn = schema.build(ctx, **kw)
+    fn = build_kernel(schema, ctx, kw)
     res = fn(*inputs)
     if not isinstance(res, tuple):
         res = (res,)

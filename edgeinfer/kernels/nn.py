@@ -336,21 +336,25 @@ def _channel_shape(ndim: int) -> tuple:
 
 @shape_rule("BatchNormalization")
 def batch_norm_shape(ctx: OpContext, epsilon, momentum, training_mode):
-    if training_mode:
-        raise ctx.error("training_mode=1 is not supported: edgeinfer runs BatchNormalization in inference mode")
-    if len([o for o in ctx.node.outputs if o]) > 1:
-        raise ctx.error("running_mean/running_var outputs exist only in training mode, which is not supported")
+    if training_mode not in (0, 1):
+        raise ctx.error(f"attribute training_mode must be 0 or 1, found {training_mode}")
+    if not training_mode and len([o for o in ctx.node.outputs if o]) > 1:
+        raise ctx.error("running_mean/running_var outputs exist only with training_mode=1")
+    if len(ctx.node.outputs) > 3:
+        raise ctx.error(f"expects at most 3 outputs (Y, running_mean, running_var), found {len(ctx.node.outputs)}")
     x = ctx.inputs[0]
     if x.shape is not None and len(x.shape) < 2:
         raise ctx.error(f"input must have rank >= 2 (N, C, ...), found shape {list(x.shape)}")
-    return [x] + [TensorType(x.dtype, None)] * (len(ctx.node.outputs) - 1)
+    channels = x.shape[1] if x.shape is not None else None
+    stats = ctx.inputs[3] if len(ctx.inputs) > 3 and ctx.inputs[3] is not None else x
+    return [x] + [TensorType(stats.dtype, (channels,))] * (len(ctx.node.outputs) - 1)
 
 
 @kernel("BatchNormalization", attrs={"epsilon": 1e-5, "momentum": 0.9, "training_mode": 0})
 def batch_norm(ctx: OpContext, epsilon: float, momentum: float, training_mode: int):
-    if training_mode:
-        raise ctx.error("training_mode=1 is not supported: edgeinfer runs BatchNormalization in inference mode")
     eps = float(epsilon)
+    if training_mode:
+        return _batch_norm_training(len(ctx.node.outputs), eps, float(momentum))
 
     def fold(scale, bias, mean, var, dtype):
         k = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps)
@@ -375,6 +379,29 @@ def batch_norm(ctx: OpContext, epsilon: float, momentum: float, training_mode: i
         return _finish(y, x.dtype, out)
 
     return batch_norm_fn
+
+
+def _batch_norm_training(n_outputs: int, eps: float, momentum: float) -> Callable:
+    """Training-mode BatchNormalization: normalize with the batch's own statistics (population
+    variance, computed in float32 at least) and blend them into the running ones."""
+
+    def batch_norm_training_fn(x, scale, bias, mean, var):
+        work = _float_compute(x.dtype)
+        axes = (0,) + tuple(range(2, x.ndim))
+        y = x.astype(work)  # a copy: it becomes the output
+        batch_mean = y.mean(axis=axes, keepdims=True)
+        y -= batch_mean
+        batch_var = np.mean(np.square(y), axis=axes, keepdims=True)
+        shape = _channel_shape(x.ndim)
+        y *= scale.astype(work, copy=False).reshape(shape) / np.sqrt(batch_var + eps)
+        y += bias.astype(work, copy=False).reshape(shape)
+        batch_mean, batch_var = batch_mean.reshape(-1), batch_var.reshape(-1)
+        running_mean = mean * momentum + batch_mean.astype(mean.dtype) * (1 - momentum)
+        running_var = var * momentum + batch_var.astype(var.dtype) * (1 - momentum)
+        outs = (_finish(y, x.dtype, None), running_mean.astype(mean.dtype), running_var.astype(var.dtype))
+        return outs[0] if n_outputs == 1 else outs[:n_outputs]
+
+    return batch_norm_training_fn
 
 
 def _normalize(x: np.ndarray, axes: tuple, eps: float, work) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
