@@ -111,6 +111,13 @@ class Body:
         return [out[n] for n in self.out_names]
 
 
+def bind_subgraph(ctx: OpContext, graph: Graph, input_types: list | None = None):
+    """``run(inputs, captured) -> outputs`` for a function-valued attribute of any op
+    (FlexAttention's score_mod, ...): ``captured`` holds the values of ``ctx.captures``."""
+    body = Body(ctx, graph)
+    return lambda inputs, captured: body.run(list(inputs), tuple(captured))
+
+
 def _body_types(ctx: OpContext, g: Graph, input_types: list[TensorType | None]) -> list[TensorType]:
     """Output types of ``g`` given its input types; declared types where inference fails."""
     from ..shape_inference import propagate
