@@ -22,6 +22,8 @@ Changes handled (opset where the new form starts):
   Resize 11 ``tf_half_pixel_for_nn`` (removed in 13) -> ``half_pixel`` with the nearest
   rounding that gives the same pixel;
 * GridSample ``mode`` values renamed (20): bilinear -> linear, bicubic -> cubic;
+* RoiAlign before 16 gets ``coordinate_transformation_mode = output_half_pixel`` (its behaviour
+  then; the attribute and the half_pixel default came in 16);
 * Scatter (deprecated 11) -> ScatterElements; ImageScaler (experimental, removed in 10) ->
   Mul + Add;
 * inference-only cleanup: Dropout loses ``ratio``/``is_test`` (12); BatchNormalization loses
@@ -289,6 +291,12 @@ def grid_sample_mode_names(node: Node, ctx: NormalizeContext) -> list[Node]:
     if mode in renamed:
         return [node.replace(attrs={**node.attrs, "mode": renamed[mode]})]
     return [node]
+
+
+@upgrade("RoiAlign", below=16)
+def roi_align_output_half_pixel(node: Node, ctx: NormalizeContext) -> list[Node]:
+    # RoiAlign 10 had no coordinate_transformation_mode and behaved as output_half_pixel
+    return [node.replace(attrs={**node.attrs, "coordinate_transformation_mode": "output_half_pixel"})]
 
 
 @upgrade("Scatter")

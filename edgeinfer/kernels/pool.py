@@ -61,6 +61,7 @@ class _PoolPlan:
     taps: list
     win: Window
     real_ends: tuple[int, ...]
+    passes: list | None = None  # separable reduction passes, built on first use
 
 
 def _plan(ctx: OpContext, attrs: dict, shape: tuple[int, ...]) -> _PoolPlan:
@@ -116,16 +117,24 @@ def _lowest(dtype: np.dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-def _reduce_axis(y: np.ndarray, axis: int, w: Window, a: int, begin: int, o: int, op: np.ufunc, identity,
-                 out: np.ndarray | None) -> np.ndarray:
-    """Reduce the windows along one axis of the *unpadded* ``y`` with ``op``.
+@dataclass
+class _AxisPass:
+    """One axis of a separable window reduction, precomputed for one input shape.
 
-    Each tap touches only the outputs whose input position falls inside ``y``, so padding
-    (which is the identity of ``op``) needs no padded copy of the input.
+    Each tap touches only the outputs whose input position falls inside the unpadded input,
+    so padding (the identity of the reduction) needs no padded copy of the input. ``first``
+    is a tap covering every output: it is copied instead of reduced into an identity fill.
     """
-    k, s, dl, d = w.kernel[a], w.strides[a], w.dilations[a], y.shape[axis]
-    shape = y.shape[:axis] + (o,) + y.shape[axis + 1:]
-    acc = out if out is not None else np.empty(shape, y.dtype)
+
+    shape: tuple[int, ...]  # result shape
+    first: tuple | None  # full index into the input, or None
+    taps: list[tuple[tuple, tuple]]  # (index into the result, index into the input)
+    # stride-1 size-preserving last axis: (tap shifts, [(column, source columns)] at the borders)
+    flat: tuple[list[int], list[tuple[int, list[int]]]] | None = None
+
+
+def _axis_pass(shape: tuple[int, ...], a: int, w: Window, begin: int, o: int, axis: int) -> _AxisPass:
+    k, s, dl, d = w.kernel[a], w.strides[a], w.dilations[a], shape[axis]
     head = (slice(None),) * axis
     reads = []
     for t in range(k):
@@ -136,19 +145,52 @@ def _reduce_axis(y: np.ndarray, axis: int, w: Window, a: int, begin: int, o: int
             p0 = first + lo * s
             reads.append((lo, hi, slice(p0, p0 + (hi - lo - 1) * s + 1, s)))
     full = next((r for r in reads if r[0] == 0 and r[1] == o), None)
-    if full is not None:
-        np.copyto(acc, y[head + (full[2],)])
+    taps = [(head + (slice(lo, hi),), head + (src,)) for lo, hi, src in reads if full is None or (lo, hi, src) != full]
+    out_shape = shape[:axis] + (o,) + shape[axis + 1:]
+    flat = None
+    if axis == len(shape) - 1 and s == 1 and o == d:
+        deltas = [t * dl - begin for t in range(k)]
+        left, right = max(0, -min(deltas)), max(0, max(deltas))
+        borders = [(c, [c + dt for dt in deltas if 0 <= c + dt < d])
+                   for c in sorted(set(range(min(d, left))) | set(range(max(0, d - right), d)))]
+        flat = (deltas, borders)
+    return _AxisPass(out_shape, None if full is None else head + (full[2],), taps, flat)
+
+
+# Rows shorter than this make numpy's per-row loop overhead dominate a pass over an NCHW
+# tensor (a 7x7 image costs 10x the arithmetic); with enough channels such pools run on a
+# channels-last copy instead, whose rows are C values long.
+_CHANNELS_LAST_MAX_WIDTH = 16
+_CHANNELS_LAST_MIN_CHANNELS = 32
+
+
+def _axis_passes(p: _PoolPlan, shape: tuple[int, ...]) -> tuple[bool, list[_AxisPass]]:
+    """(channels last?, the per-axis passes) of ``p``, cached on the plan (one input shape)."""
+    if p.passes is None:
+        last = (len(shape) == 4 and shape[-1] < _CHANNELS_LAST_MAX_WIDTH
+                and shape[1] >= _CHANNELS_LAST_MIN_CHANNELS)
+        passes = []
+        cur = (shape[0],) + tuple(shape[2:]) + (shape[1],) if last else tuple(shape)
+        for a in range(p.win.n):
+            ap = _axis_pass(cur, a, p.win, p.begins[a], p.out_shape[2 + a], 1 + a if last else 2 + a)
+            passes.append(ap)
+            cur = ap.shape
+        p.passes = (last, passes)
+    return p.passes
+
+
+def _run_pass(y: np.ndarray, ap: _AxisPass, op: np.ufunc, identity, acc: np.ndarray) -> np.ndarray:
+    if ap.first is not None:
+        np.copyto(acc, y[ap.first])
     else:
         acc.fill(identity)
-    for lo, hi, src in reads:
-        if full is None or (lo, hi, src) != full:
-            dst = acc[head + (slice(lo, hi),)]
-            op(dst, y[head + (src,)], out=dst)
+    for dst, src in ap.taps:
+        d = acc[dst]
+        op(d, y[src], out=d)
     return acc
 
 
-def _reduce_last_axis_flat(y: np.ndarray, w: Window, a: int, begin: int, op: np.ufunc, identity,
-                           acc: np.ndarray) -> np.ndarray:
+def _run_flat_pass(y: np.ndarray, ap: _AxisPass, op: np.ufunc, identity, acc: np.ndarray) -> np.ndarray:
     """Stride-1, size-preserving window reduction along the last axis, on flattened arrays.
 
     Short rows make numpy pay per row for every partial-row slice (4x the cost of the
@@ -156,8 +198,7 @@ def _reduce_last_axis_flat(y: np.ndarray, w: Window, a: int, begin: int, op: np.
     its offset; the few border columns, which that shift fills from the neighbouring row,
     are then recomputed exactly.
     """
-    d = y.shape[-1]
-    deltas = [t * w.dilations[a] - begin for t in range(w.kernel[a])]
+    deltas, borders = ap.flat
     yf, af = y.reshape(-1), acc.reshape(-1)
     size = yf.size
     if 0 in deltas:
@@ -165,13 +206,11 @@ def _reduce_last_axis_flat(y: np.ndarray, w: Window, a: int, begin: int, op: np.
     else:
         af.fill(identity)
     for delta in deltas:
-        if delta > 0 and delta < size:
+        if 0 < delta < size:
             op(af[:size - delta], yf[delta:], out=af[:size - delta])
         elif delta < 0 and -delta < size:
             op(af[-delta:], yf[:size + delta], out=af[-delta:])
-    left, right = max(0, -min(deltas)), max(0, max(deltas))
-    for c in sorted(set(range(min(d, left))) | set(range(max(0, d - right), d))):
-        sources = [c + delta for delta in deltas if 0 <= c + delta < d]
+    for c, sources in borders:
         column = acc[..., c]
         if not sources:
             column.fill(identity)
@@ -188,20 +227,29 @@ def _separable_reduce(x: np.ndarray, p: _PoolPlan, op: np.ufunc, identity, out: 
     Box windows separate, so ``sum(k)`` taps replace ``prod(k)``; reducing the outer axes
     first keeps the bulk of the work on contiguous rows. The last axis writes ``out``.
     """
-    w = p.win
+    channels_last, passes = _axis_passes(p, x.shape)
     # intermediate results live in the reusable per-thread workspace (see conv.scratch)
-    stages = [p.out_shape[:2 + a + 1] + x.shape[2 + a + 1:] for a in range(w.n - 1)]
-    temps = scratch(*[(shape, x.dtype) for shape in stages])
+    specs = [(ap.shape, x.dtype) for ap in passes[:-1]]
+    if channels_last:
+        specs += [((x.shape[0],) + x.shape[2:] + (x.shape[1],), x.dtype), (passes[-1].shape, x.dtype)]
+    temps = scratch(*specs)
     y = x
-    for a in range(w.n):
-        dest = temps[a] if a < w.n - 1 else out
-        o = p.out_shape[2 + a]
-        if a == w.n - 1 and w.strides[a] == 1 and o == y.shape[-1] and y.flags.c_contiguous and (
-                dest is None or dest.flags.c_contiguous):
-            dest = np.empty(y.shape, y.dtype) if dest is None else dest
-            y = _reduce_last_axis_flat(y, w, a, p.begins[a], op, identity, dest)
+    if channels_last:
+        y = temps[-2]
+        np.copyto(y, x.transpose(0, 2, 3, 1))
+    last = len(passes) - 1
+    for a, ap in enumerate(passes):
+        dest = temps[a] if a < last else (temps[-1] if channels_last else out)
+        if dest is None:
+            dest = np.empty(ap.shape, y.dtype)
+        if ap.flat is not None and y.flags.c_contiguous and dest.flags.c_contiguous:
+            y = _run_flat_pass(y, ap, op, identity, dest)
         else:
-            y = _reduce_axis(y, 2 + a, w, a, p.begins[a], o, op, identity, dest)
+            y = _run_pass(y, ap, op, identity, dest)
+    if channels_last:
+        result = out if out is not None else np.empty(p.out_shape, x.dtype)
+        np.copyto(result, y.transpose(0, 3, 1, 2))
+        return result
     return y
 
 
@@ -470,12 +518,21 @@ def max_unpool(ctx: OpContext, **attrs):
         _unpool_default_spatial(ctx, attrs, ctx.inputs[0].shape[2:])  # validates attributes
 
     def unpool(x, indices, output_shape=None):
-        if output_shape is not None:
-            shape = tuple(int(v) for v in np.asarray(output_shape).reshape(-1))
-        else:
-            shape = x.shape[:2] + _unpool_default_spatial(ctx, attrs, x.shape[2:])
         if indices.shape != x.shape:
             raise KernelError(f"{label}: indices shape {list(indices.shape)} != input shape {list(x.shape)}")
+        # The spec is ambiguous here. The indices are read as flat positions in MaxPool's input,
+        # whose shape output_shape gives (it exists to settle that shape, which kernel, strides
+        # and pads leave open), so they are scattered straight into a tensor of that shape, as
+        # ONNX Runtime (onnxruntime#2193, after onnx/onnx#2398) and PyTorch do. The ONNX
+        # reference and its case test_maxunpool_export_with_output_shape instead unravel them in
+        # the default shape and pad at the end, which misplaces real MaxPool indices whenever
+        # output_shape differs from the default; that case is not followed.
+        if output_shape is not None:
+            shape = tuple(int(v) for v in np.asarray(output_shape).reshape(-1))
+            if len(shape) != x.ndim or any(d < 0 for d in shape):
+                raise KernelError(f"{label}: output_shape {list(shape)} must hold {x.ndim} non-negative sizes")
+        else:
+            shape = tuple(x.shape[:2]) + _unpool_default_spatial(ctx, attrs, x.shape[2:])
         y = np.zeros(shape, x.dtype)
         flat = indices.reshape(-1)
         if flat.size and (flat.min() < 0 or flat.max() >= y.size):

@@ -7,10 +7,15 @@ gather, or ``np.repeat`` for an integer upsampling factor; a short axis is inter
 GEMM against a dense weight matrix instead. Coordinates are computed in float32 in the same
 order as ONNX Runtime, so ties in nearest rounding fall the same way.
 
-Two deliberate differences from ONNX Runtime, both following the ONNX spec and its reference
-implementation: output sizes are ``floor(in * scale)`` computed in float64 (ONNX Runtime uses
-float32, so ``700 * 0.45`` gives 315 there and 314 here, as ONNX shape inference says), and
-``tf_crop_and_resize`` crops an axis whose scale is 1 (ONNX Runtime copies it).
+Three deliberate differences from ONNX Runtime, all following the ONNX spec and its conformance
+cases: output sizes are ``floor(in * scale)`` computed in float64 (ONNX Runtime uses float32, so
+``700 * 0.45`` gives 315 there and 314 here, as ONNX shape inference says);
+``tf_crop_and_resize`` crops an axis whose scale is 1 (ONNX Runtime copies it); and
+``length_resized`` in the coordinate formulas (align_corners, tf_crop_and_resize,
+pytorch_half_pixel) is the *unfloored* target length ``in * scale`` when scales are given, as
+the ONNX maintainers confirmed (onnx/onnx#2462: downsampling [1, 2, 3, 4] by 0.6 with
+align_corners gives [1, 3.142857], not ONNX Runtime's [1, 4]). With sizes it is the size, or
+``in * scale`` for the common scale of a keep_aspect_ratio_policy other than stretch.
 """
 from __future__ import annotations
 
@@ -67,9 +72,12 @@ def _resize_axes(rank: int, axes, fail) -> list[int]:
 
 
 def output_geometry(shape: tuple, axes: list[int], scales, sizes, policy: str, fail):
-    """(output shape, per-axis float32 scale) for concrete scales or sizes (symbols pass)."""
+    """(output shape, per-axis float32 scale, per-axis target length) for concrete scales or
+    sizes (symbols pass). The target length is ``in * scale`` before flooring (see the module
+    docstring); None where the input length is symbolic."""
     out = list(shape)
     factor = [_F32(1.0)] * len(shape)
+    width = [float(d) if isinstance(d, int) else None for d in shape]
     if _given(scales):
         scales = np.asarray(scales, np.float32).reshape(-1)
         if scales.size != len(axes):
@@ -78,8 +86,12 @@ def output_geometry(shape: tuple, axes: list[int], scales, sizes, policy: str, f
             raise fail(f"scales must be positive, found {scales.tolist()}")
         for a, s in zip(axes, scales):
             factor[a] = _F32(s)
-            out[a] = int(np.floor(np.float64(shape[a]) * np.float64(s))) if isinstance(shape[a], int) else None
-        return tuple(out), factor
+            if isinstance(shape[a], int):
+                out[a] = int(np.floor(np.float64(shape[a]) * np.float64(s)))
+                width[a] = float(_F32(shape[a]) * _F32(s))  # float32, like the coordinates
+            else:
+                out[a] = None
+        return tuple(out), factor, width
     if not _given(sizes):
         raise fail("one of the 'scales' and 'sizes' inputs must be given")
     sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
@@ -93,13 +105,15 @@ def output_geometry(shape: tuple, axes: list[int], scales, sizes, policy: str, f
         common = min(ratios) if policy == "not_larger" else max(ratios)
         for a in axes:
             factor[a] = common
-            out[a] = int(np.floor(np.float64(common) * shape[a] + 0.5))  # round half away from zero
-        return tuple(out), factor
+            width[a] = float(common * _F32(shape[a]))
+            out[a] = int(np.floor(np.float64(common) * shape[a] + 0.5))  # round half up
+        return tuple(out), factor, width
     for a, s in zip(axes, sizes):
         out[a] = s if policy == "stretch" else None
+        width[a] = float(s) if policy == "stretch" else None
         if isinstance(shape[a], int) and shape[a] > 0:
             factor[a] = _F32(s) / _F32(shape[a])
-    return tuple(out), factor
+    return tuple(out), factor, width
 
 
 # ------------------------------------------------------------------------ shape rule
@@ -121,13 +135,14 @@ def resize_shape(ctx: OpContext, **attrs):
             return [TensorType(x.dtype, tuple(None if i in axes else d for i, d in enumerate(x.shape)))]
     if _given(scales) and _given(sizes):
         raise ctx.error("only one of the 'scales' and 'sizes' inputs may be given")
-    out, _ = output_geometry(tuple(x.shape), axes, scales, sizes, attrs["keep_aspect_ratio_policy"], ctx.error)
+    out, _, _ = output_geometry(tuple(x.shape), axes, scales, sizes, attrs["keep_aspect_ratio_policy"], ctx.error)
     return [TensorType(x.dtype, out)]
 
 
 # ---------------------------------------------------------------- per-axis sampling
-def _source_coords(mode: str, out_len: int, in_len: int, scale, roi_start, roi_end) -> np.ndarray:
-    """float32 input coordinate of every output index along one axis."""
+def _source_coords(mode: str, out_len: int, in_len: int, scale, width: float, roi_start, roi_end) -> np.ndarray:
+    """float32 input coordinate of every output index along one axis (``width``: the unfloored
+    target length, ``length_resized`` of the spec)."""
     x = np.arange(out_len, dtype=_F32)
     scale = _F32(scale)
     if mode == "asymmetric":
@@ -135,17 +150,17 @@ def _source_coords(mode: str, out_len: int, in_len: int, scale, roi_start, roi_e
     if mode == "half_pixel":
         return (x + _F32(0.5)) / scale - _F32(0.5)
     if mode == "pytorch_half_pixel":
-        return (x + _F32(0.5)) / scale - _F32(0.5) if out_len > 1 else np.zeros_like(x)
+        return (x + _F32(0.5)) / scale - _F32(0.5) if width > 1 else np.zeros_like(x)
     if mode == "align_corners":
-        return np.zeros_like(x) if out_len == 1 else x * _F32(in_len - 1) / _F32(out_len - 1)
+        return np.zeros_like(x) if width == 1 else x * _F32(in_len - 1) / _F32(width - 1)
     if mode == "half_pixel_symmetric":
         adjustment = _F32(out_len) / (scale * _F32(in_len))
         offset = _F32(in_len) / _F32(2) * (_F32(1) - adjustment)
         return offset + (x + _F32(0.5)) / scale - _F32(0.5)
     # tf_crop_and_resize
     start, end = _F32(roi_start), _F32(roi_end)
-    if out_len > 1:
-        return start * _F32(in_len - 1) + x * (end - start) * _F32(in_len - 1) / _F32(out_len - 1)
+    if width != 1:
+        return start * _F32(in_len - 1) + x * (end - start) * _F32(in_len - 1) / _F32(width - 1)
     return np.full_like(x, _F32(0.5) * (start + end) * _F32(in_len - 1))
 
 
@@ -181,9 +196,10 @@ def _nearest_index(coords: np.ndarray, rule: str) -> np.ndarray:
     return np.floor(coords) if rule == "floor" else np.ceil(coords)
 
 
-def _axis_sampler(attrs: dict, axis: int, in_len: int, out_len: int, scale, roi_start, roi_end) -> _AxisSampler:
+def _axis_sampler(attrs: dict, axis: int, in_len: int, out_len: int, scale, width, roi_start,
+                  roi_end) -> _AxisSampler:
     mode, coord_mode = attrs["mode"], attrs["coordinate_transformation_mode"]
-    coords = _source_coords(coord_mode, out_len, in_len, scale, roi_start, roi_end)
+    coords = _source_coords(coord_mode, out_len, in_len, scale, width, roi_start, roi_end)
     outside = None
     if coord_mode == "tf_crop_and_resize":
         outside = (coords < 0) | (coords > _F32(in_len - 1))
@@ -299,7 +315,7 @@ def resize(ctx: OpContext, **attrs):
         if _given(scales) and _given(sizes):
             raise fail("only one of the 'scales' and 'sizes' inputs may be given")
         axes = _resize_axes(len(shape), attrs["axes"], fail)
-        out, factor = output_geometry(shape, axes, scales, sizes, policy, fail)
+        out, factor, width = output_geometry(shape, axes, scales, sizes, policy, fail)
         starts, ends = [0.0] * len(shape), [1.0] * len(shape)
         if _given(roi):
             r = np.asarray(roi, np.float32).reshape(-1)
@@ -313,7 +329,7 @@ def resize(ctx: OpContext, **attrs):
                 continue  # identity along this axis
             if shape[a] == 0 or out[a] == 0:
                 continue
-            sampler = _axis_sampler(attrs, a, shape[a], out[a], factor[a], starts[a], ends[a])
+            sampler = _axis_sampler(attrs, a, shape[a], out[a], factor[a], width[a], starts[a], ends[a])
             sampler.dense = _dense_matrix(sampler, shape[a])
             samplers.append(sampler)
         # shrink early: axes that reduce the tensor the most go first; among equals the innermost
@@ -340,7 +356,8 @@ def resize(ctx: OpContext, **attrs):
         if 0 in out_shape:
             return np.zeros(out_shape, x.dtype) if out is None else out
         interpolate = any(s.weight is not None for s in samplers)
-        y = x.astype(_F32) if interpolate and x.dtype.kind != "f" else x
+        # float16, bfloat16, float8 and integers interpolate in float32 and round back once
+        y = x.astype(_F32) if interpolate and x.dtype not in (np.float32, np.float64) else x
         for s in samplers:
             y = _apply_axis(y, s)
         for s in samplers:
