@@ -21,7 +21,7 @@ from ..errors import GraphError, KernelError
 from ..graph import TensorType
 from .elementwise import ANY, FLOATS, NUMERIC, bind_elementwise, check_input_dtypes, register_elementwise
 from .registry import REQUIRED, OpContext, kernel, shape_rule
-from .shapes import normalize_axis
+from .shapes import normalize_axis, num_elements
 from .tensor import INT_INDEX, check_index_input, const_ints
 
 
@@ -222,7 +222,7 @@ def unique_shape(ctx: OpContext, axis, sorted) -> list[TensorType]:
     if n_out > 4:
         raise ctx.error(f"expects at most 4 outputs (Y, indices, inverse_indices, counts), found {n_out}")
     if axis is None:  # unique values of the flattened input
-        y_shape, n = (None,), None if x.shape is None else _numel(x.shape)
+        y_shape, n = (None,), None if x.shape is None else num_elements(x.shape)
     elif x.shape is None:
         y_shape, n = None, None
     else:  # unique slices along the axis
@@ -231,15 +231,6 @@ def unique_shape(ctx: OpContext, axis, sorted) -> list[TensorType]:
     types = [TensorType(x.dtype, y_shape), TensorType("int64", (None,)),
              TensorType("int64", (n if isinstance(n, int) else None,)), TensorType("int64", (None,))]
     return types[:n_out]
-
-
-def _numel(shape) -> int | None:
-    total = 1
-    for d in shape:
-        if not isinstance(d, int):
-            return None
-        total *= d
-    return total
 
 
 @kernel("Unique", attrs={"axis": None, "sorted": 1})

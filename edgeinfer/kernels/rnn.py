@@ -311,18 +311,11 @@ for _name in _OPS:
 def _widen(x: np.ndarray | None, work) -> np.ndarray | None:
     if x is None:
         return None
-    if x.dtype == np.uint16:  # bfloat16 held as raw bits
-        return (x.astype(np.uint32) << 16).view(np.float32).astype(work, copy=False)
     return x.astype(work, copy=False)
 
 
 def _narrow(y: np.ndarray, ir_dtype: str) -> np.ndarray:
-    target = _dt.to_numpy(ir_dtype)
-    if ir_dtype == "bfloat16" and target == np.uint16:  # raw bits: round to nearest even
-        b = np.ascontiguousarray(y, np.float32).view(np.uint32)
-        bits = ((b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
-        return np.where(np.isnan(y), np.uint16(0x7FC0), bits)
-    return np.ascontiguousarray(y, dtype=target)
+    return np.ascontiguousarray(y, dtype=_dt.to_numpy(ir_dtype))
 
 
 @dataclass

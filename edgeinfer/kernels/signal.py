@@ -30,18 +30,11 @@ _OUTPUT_DTYPES = frozenset(_OUTPUT_CODES.values())
 # ---------------------------------------------------------------------- helpers
 def _widen(x: np.ndarray, ir_dtype: str) -> np.ndarray:
     """A float array in computing precision: float64 stays, everything else is float32."""
-    if x.dtype == np.uint16 and ir_dtype == "bfloat16":  # raw bits
-        return (x.astype(np.uint32) << 16).view(np.float32)
     return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
 
 
 def _narrow(y: np.ndarray, ir_dtype: str) -> np.ndarray:
-    target = _dt.to_numpy(ir_dtype)
-    if ir_dtype == "bfloat16" and target == np.uint16:  # raw bits: round to nearest even
-        b = np.ascontiguousarray(y, np.float32).view(np.uint32)
-        bits = ((b + np.uint32(0x7FFF) + ((b >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
-        return np.where(np.isnan(y), np.uint16(0x7FC0), bits)
-    return np.ascontiguousarray(y, dtype=target)
+    return np.ascontiguousarray(y, dtype=_dt.to_numpy(ir_dtype))
 
 
 def _as_complex(x: np.ndarray) -> np.ndarray:
