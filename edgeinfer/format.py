@@ -79,7 +79,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import dtypes as _dt
-from .errors import ExportError, GraphError, ModelFormatError
+from .errors import EdgeInferError, ExportError, GraphError, ModelFormatError
 from .graph import MAX_SUBGRAPH_DEPTH, Graph, Node, ValueInfo
 
 MAGIC = b"EIM\x00"
@@ -263,6 +263,17 @@ class _Reader:
             raise self.error(path, f"unknown dtype {_quote(v)}; expected one of {sorted(allowed)}")
         return v
 
+    def value_type(self, v: Any, path: str) -> str:
+        """A value's type: a dtype, ``sequence(T)``, ``optional(T)`` or ``undefined``."""
+        text = self.typed(v, path, str)
+        if len(text) > 64:
+            raise self.error(path, f"type string of {len(text)} characters is too long")
+        try:
+            return _dt.check_type(text)
+        except EdgeInferError:
+            raise self.error(path, f"unknown type {_quote(v)}; expected a dtype ({', '.join(sorted(_dt.DTYPES))}), "
+                                   f"sequence(T) or optional(T)") from None
+
     def dims(self, v: Any, path: str, symbolic: bool) -> tuple:
         dims = self.typed(v, path, list)
         if len(dims) > MAX_RANK:
@@ -393,7 +404,7 @@ class _Reader:
     def value_info(self, v: Any, path: str) -> ValueInfo:
         v = self.obj(v, path, _VALUE_INFO_KEYS)
         shape = None if v["shape"] is None else self.dims(v["shape"], f"{path}.shape", symbolic=True)
-        return ValueInfo(self.typed(v["name"], f"{path}.name", str), self.dtype(v["dtype"], f"{path}.dtype"), shape)
+        return ValueInfo(self.typed(v["name"], f"{path}.name", str), self.value_type(v["dtype"], f"{path}.dtype"), shape)
 
     def graph(self, g: Any, path: str, depth: int) -> Graph:
         if depth > MAX_SUBGRAPH_DEPTH:

@@ -189,3 +189,27 @@ def test_if_condition_must_be_one_element():
     with pytest.raises(KernelError, match="one element"):
         edgeinfer.Session(g2).run({"c": np.array([True, False]), "x": np.ones((2, 3), np.float32)})
     assert sess.run({"x": np.ones((2, 3), np.float32)})["y"].shape == (2, 3)
+
+
+def test_subgraphs_and_composite_types_survive_eim(tmp_path):
+    # untyped subgraph values ("undefined"), sequences and nested graphs all round-trip
+    body = h.make_graph([h.make_node("Mul", ["e", "k"], ["o"])], "map_body", [h.make_empty_tensor_value_info("e")],
+                        [h.make_empty_tensor_value_info("o")])
+    nodes = [h.make_node("SplitToSequence", ["x"], ["seq"], axis=0, keepdims=0),
+             h.make_node("SequenceMap", ["seq"], ["mapped"], body=body)]
+    inits = [nh.from_array(np.array(3.0, np.float32), "k")]
+    m = _model(nodes, [_vi("x", shape=[4, 2])], [h.make_tensor_sequence_value_info("mapped", TP.FLOAT, None)], inits)
+    g = edgeinfer.load(m)
+    edgeinfer.save(g, tmp_path / "m.eim")
+    back = edgeinfer.load(tmp_path / "m.eim")
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    got = edgeinfer.Session(back).run({"x": x})["mapped"]
+    assert isinstance(got, list) and len(got) == 4
+    np.testing.assert_array_equal(np.stack(got), x * 3)
+    _check(_loop_model(), {"M": np.array(3, np.int64), "cond": np.array(True), "acc0": np.zeros(3, np.float32),
+                           "x": np.ones(3, np.float32)})
+    edgeinfer.save(edgeinfer.load(_loop_model()), tmp_path / "loop.eim")
+    sess = edgeinfer.Session(tmp_path / "loop.eim")
+    out = sess.run({"M": np.array(3, np.int64), "cond": np.array(True), "acc0": np.zeros(3, np.float32),
+                    "x": np.ones(3, np.float32)})
+    np.testing.assert_allclose(out["acc"], [3, 3, 3])
