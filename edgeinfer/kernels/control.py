@@ -90,7 +90,13 @@ class Body:
         g = Graph(inputs=ins, outputs=list(self.graph.outputs), nodes=list(self.graph.nodes),
                   constants={**self.const, **self.graph.constants}, value_info=dict(self.graph.value_info),
                   name=self.graph.name)
-        return cpu_compile(g, shapes, None, self.options)
+        exe = cpu_compile(g, shapes, None, self.options)
+        # A model's outputs that are inputs or constants are copied for the caller; the node
+        # running a body never writes into what it gets back, so only arena views need copies.
+        plan = exe.plan
+        fixed = {s for _, s in plan.input_slots} | {i for i, v in enumerate(plan.template) if v is not None}
+        plan.output_slots = [(n, s, copy and s not in fixed) for n, s, copy in plan.output_slots]
+        return exe
 
     def run(self, inputs: list, caps: tuple) -> list:
         if len(inputs) != len(self.formal):
