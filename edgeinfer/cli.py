@@ -307,7 +307,15 @@ def _summary_line(name: str, arr: np.ndarray) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the backend.")
 @click.option("--save", "save_path", type=click.Path(path_type=Path, dir_okay=False), help="Write outputs to an .npz.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
-def run(model: Path, inputs, shapes, backend: str, threads: int | None, save_path: Path | None, seed: int) -> None:
+@click.option("--profile", is_flag=True,
+              help="Time every node: after the first run, run --profile-runs more times and print the "
+                   "slowest nodes and the time per op type.")
+@click.option("--profile-runs", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Runs timed by --profile.")
+@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True,
+              help="Nodes and op types listed by --profile.")
+def run(model: Path, inputs, shapes, backend: str, threads: int | None, save_path: Path | None, seed: int,
+        profile: bool = False, profile_runs: int = 10, top: int = 15) -> None:
     """Run a model once and summarize its outputs.
 
     Inputs not given with --input are random (uniform [0, 1) for floats, 0..9 for integers)
@@ -321,7 +329,7 @@ def run(model: Path, inputs, shapes, backend: str, threads: int | None, save_pat
         raise CliError(f"--save '{save_path}': outputs are written as .npz; use a name ending in .npz")
     graph = _load(model)
     with _progress(f"preparing backend '{backend}'"):
-        sess = edgeinfer.Session(graph, backend=backend, threads=threads)
+        sess = edgeinfer.Session(graph, backend=backend, threads=threads, profile=profile)
     required = {v.name: v for v in sess.inputs}
     feedable = dict(required, **{v.name: v for v in sess.overridable_inputs})
     if "" in files:  # `--input x.npy` without a name: fine when the model has one input
@@ -378,6 +386,32 @@ def run(model: Path, inputs, shapes, backend: str, threads: int | None, save_pat
     if save_path is not None:
         _save_npz_atomic(save_path, {k: np.asarray(v) for k, v in outputs.items()})
         click.echo(f"wrote {save_path}")
+    if profile:
+        sess.reset_profile()  # the first run may have compiled: time the steady state only
+        with _progress(f"profiling {profile_runs} runs"):
+            for _ in range(profile_runs):
+                sess.run(feeds)
+        _print_profile(sess.profile(), top)
+
+
+def _print_profile(report: dict, top: int) -> None:
+    """The slowest nodes and the per-op-type totals of ``Session.profile()``."""
+    runs = report["runs"]
+    if not runs or not report["nodes"]:
+        click.echo("profile: no timed runs (does this backend profile?)")
+        return
+    total = report["total_ms"] / runs
+    click.echo(f"\nprofile: {runs} runs, {total:.3f} ms per run in {len(report['nodes'])} nodes")
+    nodes = sorted(report["nodes"], key=lambda r: -r["total_ms"])[:top]
+    width = max(len(r["node"]) for r in nodes)
+    click.echo(f"top {len(nodes)} nodes (ms per run):")
+    for r in nodes:
+        per_run = r["total_ms"] / runs
+        fused = f" +{r['fused']}" if r.get("fused") else ""
+        click.echo(f"  {per_run:9.3f}  {100 * per_run / total:5.1f}%  {r['node']:<{width}}  {r['op_type']}{fused}")
+    click.echo("per op type (ms per run):")
+    for op, e in list(report["op_types"].items())[:top]:
+        click.echo(f"  {e['total_ms'] / runs:9.3f}  {100 * e['share']:5.1f}%  {op} x{e['nodes']}")
 
 
 # ------------------------------------------------------------------------ backends

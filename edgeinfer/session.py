@@ -168,6 +168,8 @@ class Session:
         return list(output_names)
 
     def _check_feeds(self, feeds) -> dict[str, np.ndarray]:
+        if self._feeds_fit(feeds):
+            return feeds
         if not isinstance(feeds, Mapping):
             raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
         known = {v.name for v in self._required} | set(self._overridable)
@@ -220,6 +222,24 @@ class Session:
             out[name] = arr
         return out
 
+    def _feeds_fit(self, feeds) -> bool:
+        """True when ``feeds`` is a dict holding exactly the required inputs as arrays of the
+        declared dtype and dims: the common case, checked in a few microseconds. Anything else
+        (overridden defaults, lists, shared symbolic dims, a mistake) takes the full checks."""
+        spec = getattr(self, "_feed_spec", None)
+        if spec is None:
+            spec = self._feed_spec = _fast_feed_spec(self._required)
+        if type(feeds) is not dict or len(feeds) != len(spec) or not spec:
+            return False
+        for name, value in feeds.items():
+            want = spec.get(name)
+            if want is None or type(value) is not np.ndarray or value.dtype != want[0]:
+                return False
+            shape, dims = value.shape, want[1]
+            if len(shape) != len(dims) or any(d is not None and d != h for d, h in zip(dims, shape)):
+                return False
+        return True
+
     def __repr__(self) -> str:
         ins = ", ".join(str(v) for v in self._required)
         outs = ", ".join(str(v) for v in self.graph.outputs)
@@ -241,6 +261,30 @@ def _check_composite(name: str, value, dtype: str, where: str = ""):
     if got != dtype:
         raise InputError(f"{where} expects dtype {dtype}, got {got} (shape {list(arr.shape)})")
     return arr.astype(object) if arr.dtype.kind in "US" else arr
+
+
+def _fast_feed_spec(required: list[ValueInfo]) -> dict[str, tuple[np.dtype, tuple]]:
+    """name -> (numpy dtype, dims with None for a free dim) of the inputs a feed may be
+    accepted for without the full checks: known rank, not strings, and no symbolic dim that
+    another dim shares (those need the cross-input check)."""
+    symbols: dict[str, int] = {}
+    for v in required:
+        for d in v.shape or ():
+            if isinstance(d, str):
+                symbols[d] = symbols.get(d, 0) + 1
+    spec = {}
+    for v in required:
+        if v.shape is None or v.dtype == "string":
+            continue
+        if any(isinstance(d, str) and d not in ("?", "") and symbols[d] > 1 for d in v.shape):
+            continue
+        try:
+            dtype = np.dtype(_dt.to_numpy(v.dtype))
+        except Exception:  # a dtype numpy cannot hold: the full checks decide
+            continue
+        spec[v.name] = (dtype, tuple(d if isinstance(d, int) else None for d in v.shape))
+    # every required input must be covered, or a feed set could pass without one of them
+    return spec if len(spec) == len(required) else {}
 
 
 def _as_array(name: str, value) -> np.ndarray:

@@ -25,7 +25,16 @@ def _into(out, like):
 
 
 # ------------------------------------------------------------------ piecewise linear
+try:  # the clip ufunc itself (np.clip adds Python dispatch)
+    from numpy._core.umath import clip as _clip_ufunc
+except ImportError:  # numpy < 2
+    from numpy.core.umath import clip as _clip_ufunc
+
+
 def _relu(x, out=None):
+    if x.dtype.kind == "f":
+        # clip runs ~3x faster than maximum against a scalar (which has no SIMD loop)
+        return _clip_ufunc(x, 0, np.inf, out=out)
     return np.maximum(x, 0, out=out)
 
 

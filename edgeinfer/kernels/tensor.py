@@ -11,12 +11,12 @@ unknown; symbolic dims survive where the result is certain (Reshape ``[0, -1]`` 
 rule and its kernel cannot disagree.
 
 Reshape, Flatten, Squeeze, Unsqueeze, Slice, Split and Transpose return numpy views (no copy);
-they register with ``aliases=True``. Transpose, Concat, Expand and Pad are ``writes_out``.
+they register with ``aliases=True``. Concat, Expand and Pad are ``writes_out``.
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -138,6 +138,25 @@ def reshape_shape(ctx: OpContext, allowzero) -> list[TensorType]:
         raise ctx.error(str(e)) from None
 
 
+def with_static_shape(ctx: OpContext, general: Callable) -> Callable:
+    """``general`` for a view-making op (Reshape family), preceded by a fast path for the
+    compiled case: the static input shape and constant shape/axes inputs give a fixed output
+    shape, so the call is one ``reshape`` (these ops are many and cheap, so per-call shape
+    arithmetic is most of their cost)."""
+    in_shape, out_shape = ctx.static_shape(0), ctx.static_out_shape(0)
+    consts = list(ctx.values[1:])
+    if in_shape is None or out_shape is None or any(
+            v is None and ctx.has_input(i + 1) for i, v in enumerate(consts)):
+        return general
+
+    def static_fn(x, *rest):
+        if x.shape == in_shape and all(r is c for r, c in zip(rest, consts)):
+            return x.reshape(out_shape)
+        return general(x, *rest)
+
+    return static_fn
+
+
 @kernel("Reshape", attrs={"allowzero": 0}, aliases=True)
 def reshape(ctx: OpContext, allowzero):
     label = ctx.node.label
@@ -148,7 +167,7 @@ def reshape(ctx: OpContext, allowzero):
         except ValueError as e:
             raise _fail(label, str(e)) from None
 
-    return reshape_fn
+    return with_static_shape(ctx, reshape_fn)
 
 
 # ------------------------------------------------------------------------ Flatten
@@ -168,7 +187,7 @@ def flatten(ctx: OpContext, axis):
         a = axis + x.ndim if axis < 0 else axis
         return x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), int(np.prod(x.shape[a:], dtype=np.int64)))
 
-    return flatten_fn
+    return with_static_shape(ctx, flatten_fn)
 
 
 # --------------------------------------------------------------- Squeeze/Unsqueeze
@@ -211,7 +230,7 @@ def squeeze(ctx: OpContext):
             raise _fail(label, f"cannot squeeze axes {[int(a) for a in axes]} of shape {list(x.shape)}")
         return x.reshape(tuple(d for i, d in enumerate(x.shape) if i not in picked))
 
-    return squeeze_fn
+    return with_static_shape(ctx, squeeze_fn)
 
 
 def unsqueeze_dims(shape: Sequence[Dim], axes: Sequence[int]) -> tuple:
@@ -250,7 +269,7 @@ def unsqueeze(ctx: OpContext):
         except ValueError as e:
             raise _fail(label, str(e)) from None
 
-    return unsqueeze_fn
+    return with_static_shape(ctx, unsqueeze_fn)
 
 
 # ---------------------------------------------------------------------- Transpose
@@ -276,10 +295,11 @@ def transpose_shape(ctx: OpContext, perm) -> list[TensorType]:
 def transpose(ctx: OpContext, perm):
     axes = None if perm is None else tuple(int(p) for p in perm)
 
-    @writes_out
-    def transpose_fn(x, out=None):
-        view = np.transpose(x, axes)
-        return view if out is None else deliver(view, out)
+    # A view, not a copy: most consumers take any strides (GEMMs read a transposed operand
+    # through BLAS's transpose flag; a Reshape copies only if it must), and a copy inside a
+    # Loop body can repeat hundreds of times on loop-invariant tensors.
+    def transpose_fn(x):
+        return np.transpose(x, axes)
 
     return transpose_fn
 
