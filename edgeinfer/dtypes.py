@@ -142,8 +142,24 @@ def to_numpy(dtype: str) -> np.dtype:
     raise GraphError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
 
 
+_FROM_NUMPY_CACHE: dict = {}
+
+
 def from_numpy(dtype) -> str:
     """The IR dtype name of a numpy dtype (object arrays are strings)."""
+    try:
+        return _FROM_NUMPY_CACHE[dtype]
+    except (KeyError, TypeError):
+        pass
+    name = _from_numpy(dtype)
+    try:
+        _FROM_NUMPY_CACHE[dtype] = name
+    except TypeError:
+        pass
+    return name
+
+
+def _from_numpy(dtype) -> str:
     dt = np.dtype(dtype)
     if dt == object or dt.kind in "US":
         return "string"
