@@ -165,14 +165,19 @@ def affine(ctx: OpContext, activation, activation_params):
             np.copyto(y, x, casting="unsafe")
         if act is not None:
             act(y)
-        if y is out:
-            return out
-        if out is not None:
-            np.copyto(out, y, casting="unsafe")
-            return out
-        return y.astype(x.dtype, copy=False)
+        return _deliver(y, out, x.dtype)
 
     return affine_fn
+
+
+def _deliver(y: np.ndarray, out: np.ndarray | None, dtype) -> np.ndarray:
+    """``y`` computed in the working precision, handed back in ``out`` or as ``dtype``."""
+    if y is out:
+        return out
+    if out is not None:
+        np.copyto(out, y, casting="unsafe")
+        return out
+    return y.astype(dtype, copy=False)
 
 
 @shape_rule("Activation", domain=DOMAIN)
@@ -200,12 +205,7 @@ def activation_op(ctx: OpContext, activation, activation_params):
         else:
             np.copyto(y, x, casting="unsafe")
             act(y)
-        if y is out:
-            return out
-        if out is not None:
-            np.copyto(out, y, casting="unsafe")
-            return out
-        return y.astype(x.dtype, copy=False)
+        return _deliver(y, out, x.dtype)
 
     return activation_fn
 
