@@ -1067,12 +1067,7 @@ def build_conv_channels_last(ctx: OpContext, attrs: dict, activation: Callable |
         if out is None:
             out = np.empty(out_shape, dtype)
         run(x, wp, out)
-        if bias is not None:
-            out += bias
-        if z is not None:
-            out += z
-        if activation is not None:
-            activation(out)
+        apply_epilogue(out, bias, z, activation)
         return out
 
     return conv_channels_last_fn
