@@ -64,6 +64,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import io
 import json
 import mmap as _mmap
@@ -132,7 +133,12 @@ def _decode_raw(r: "_Reader", path: str, dtype: str, shape: tuple, count: int, b
     if dtype == "bool" and blob.size and int(blob.max()) > 1:
         bad = int(np.flatnonzero(blob > 1)[0])
         raise r.error(path, f"bool element {bad} is byte {int(blob[bad])}, expected 0 or 1")
-    return blob.view(_dt.to_numpy(dtype).newbyteorder("<")).reshape(shape)
+    return blob.view(_little_endian(dtype)).reshape(shape)
+
+
+@functools.lru_cache(maxsize=None)
+def _little_endian(dtype: str) -> np.dtype:
+    return _dt.to_numpy(dtype).newbyteorder("<")
 
 
 def _strings_length(dtype: str, count: int, length: int) -> str | None:
@@ -179,26 +185,25 @@ def _reject_constant(name: str):
     raise ValueError(f"the literal {name} is not allowed")
 
 
-def _json_depth(raw: bytes, limit: int) -> int:
-    """Deepest {/[ nesting outside strings, in 1 MiB numpy chunks; stops early past ``limit``.
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}')
 
-    A quote opens or closes a string unless an odd run of backslashes precedes it. For valid
-    JSON this is exact; for invalid JSON it is exact up to the first error, which is as far
-    as the json module recurses before it gives up.
+
+def _json_depth(raw: bytes, limit: int) -> int:
+    """Deepest {/[ nesting outside strings; stops early past ``limit``.
+
+    Escapes are dropped first: a run of backslashes pairs up left to right, as the JSON
+    parser reads it, so removing ``\\\\`` pairs and then ``\\"`` leaves every remaining quote
+    a string delimiter. Only quotes and brackets are kept for the numpy pass. For valid JSON
+    this is exact; for invalid JSON it is exact up to the first error, which is as far as the
+    json module recurses before it gives up.
     """
+    raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURAL)
     data = np.frombuffer(raw, np.uint8)
-    depth = peak = backslashes = 0
+    depth = peak = 0
     in_string = False
     for start in range(0, data.size, 1 << 20):
         c = data[start : start + (1 << 20)]
-        quotes = c == 0x22
-        if backslashes or 0x5C in c:  # drop quotes escaped by an odd run of backslashes
-            pos = np.arange(c.size, dtype=np.int32)
-            last_other = np.maximum.accumulate(np.where(c == 0x5C, np.int32(-1), pos))
-            run = pos - last_other + np.where(last_other < 0, np.int32(backslashes), np.int32(0))
-            quotes &= np.concatenate((np.array([backslashes], np.int32), run[:-1])) % 2 == 0
-            backslashes = int(run[-1])
-        toggles = np.cumsum(quotes, dtype=np.int32) + in_string
+        toggles = np.cumsum(c == 0x22, dtype=np.int32) + in_string
         step = _BRACKET_STEP[c]
         step[toggles % 2 == 1] = 0
         levels = np.cumsum(step, dtype=np.int64) + depth

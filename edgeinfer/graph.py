@@ -73,9 +73,16 @@ class Node:
     name: str = ""
     domain: str = ""
 
+    # whether an attribute holds a graph, found once (passes ask for every node, often)
+    _nested: bool = field(init=False, repr=False, compare=False, default=False)
+
     def __post_init__(self):
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "outputs", tuple(self.outputs))
+        if self.attrs:
+            nested = any(isinstance(v, Graph) or (isinstance(v, (list, tuple)) and any(isinstance(x, Graph) for x in v))
+                         for v in self.attrs.values())
+            object.__setattr__(self, "_nested", nested)
 
     def replace(self, **changes) -> "Node":
         """A copy with some fields changed (nodes are frozen)."""
@@ -88,11 +95,18 @@ class Node:
         return f"{self.op_type} node '{who}'"
 
     def subgraphs(self) -> Iterator["Graph"]:
+        if not self._nested:
+            return
         for value in self.attrs.values():
             if isinstance(value, Graph):
                 yield value
             elif isinstance(value, (list, tuple)):
                 yield from (v for v in value if isinstance(v, Graph))
+
+    @property
+    def has_subgraphs(self) -> bool:
+        """True when an attribute holds a graph (If/Loop/Scan bodies...)."""
+        return self._nested
 
     def __repr__(self) -> str:
         return f"Node({self.op_type}, {list(self.inputs)} -> {list(self.outputs)}, name={self.name!r})"

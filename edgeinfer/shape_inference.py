@@ -65,6 +65,7 @@ def propagate(
     values: dict[str, np.ndarray] | None = None,
     on_error: Callable[[Node, Exception], None] | None = None,
     outer_types: dict[str, TensorType] | None = None,
+    prior: tuple[Graph, dict[str, TensorType], dict[str, np.ndarray]] | None = None,
 ) -> tuple[dict[str, TensorType], dict[str, np.ndarray]]:
     """Infer the type of every tensor, propagating known values.
 
@@ -79,6 +80,10 @@ def propagate(
         on_error: when given, called for a node whose shape rule fails, instead of raising;
             its outputs then get unknown types.
         outer_types: for a subgraph, the types of the enclosing scopes' names it may read.
+        prior: ``(graph, types, values)`` of an earlier propagation over a graph this one was
+            rewritten from (nodes are immutable, so a rewrite keeps untouched node objects). A
+            node of that graph whose input types and known input values are unchanged keeps
+            its output types without running its shape rule again.
 
     Returns:
         (types, values): a type per tensor name and the values known at compile time.
@@ -92,7 +97,13 @@ def propagate(
     for v in graph.inputs:
         t = (input_types or {}).get(v.name, v.type)
         types[v.name] = t
+    before: dict[int, Node] = {id(n): n for n in prior[0].nodes} if prior else {}
     for node in graph.nodes:
+        if before and before.get(id(node)) is node and _unchanged(node, types, known, prior[1], prior[2]):
+            for o in node.outputs:
+                if o:
+                    types[o] = prior[1][o]
+            continue
         try:
             _propagate_node(node, types, known, fold)
         except EdgeInferError as e:
@@ -105,6 +116,15 @@ def propagate(
     return types, known
 
 
+def _unchanged(node: Node, types: dict, known: dict, old_types: dict, old_known: dict) -> bool:
+    if node.has_subgraphs:
+        return False  # bodies also read outer-scope names
+    for i in node.inputs:
+        if i and (known.get(i) is not old_known.get(i) or types.get(i) != old_types.get(i)):
+            return False
+    return all((not o) or (o in old_types and o not in old_known) for o in node.outputs)
+
+
 def _propagate_node(node: Node, types: dict, known: dict, fold) -> None:
     schema = get_schema(node.op_type, node.domain)
     attrs = resolve_attrs(schema, node)
@@ -114,14 +134,15 @@ def _propagate_node(node: Node, types: dict, known: dict, fold) -> None:
             raise GraphError(f"{node.label}: input '{name}' has no known type (is it defined before the node?)")
     in_values = [known.get(i) if i else None for i in node.inputs]
     ctx = OpContext(node, in_types, in_values)
-    if node.attrs and any(True for _ in node.subgraphs()):
+    nested = node.has_subgraphs
+    if nested:
         ctx.captures, ctx.scope, ctx.scope_values = sorted(outer_reads(node)), types, known
     present = [v for i, v in zip(node.inputs, in_values) if i]
     can_fold = (
         fold
         and all(v is not None for v in present)
         and node.op_type not in NONDETERMINISTIC
-        and not any(True for _ in node.subgraphs())
+        and not nested
     )
     if node.op_type in ("Shape", "Size") and in_types and in_types[0] is not None:
         val = _shape_value(node, attrs, in_types[0])

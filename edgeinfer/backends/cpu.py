@@ -128,10 +128,10 @@ class _Planner:
         g.inputs = [v for v in g.inputs if v.name not in g.constants]
         in_types = {v.name: _input_type(v, self.input_shapes[v.name]) for v in g.inputs}
         types, values = propagate(g, in_types, fold=True)
-        g = self._drop_folded(g, values)
-        if self.options.get("optimize", True):
-            g = optimize(g, types)
-        types, _ = propagate(g, in_types, fold=False, values=dict(g.constants))
+        folded = self._drop_folded(g, values)
+        g = optimize(folded, types) if self.options.get("optimize", True) else folded
+        # the rewrites keep the nodes they do not touch: only new or rewired ones are inferred again
+        types, _ = propagate(g, in_types, fold=False, values=dict(g.constants), prior=(folded, types, values))
         return self._bind(g, types)
 
     @staticmethod
@@ -170,7 +170,7 @@ class _Planner:
                 options=self.options,
             )
             captures: list[str] = []
-            if node.attrs and any(True for _ in node.subgraphs()):
+            if node.has_subgraphs:
                 # values the subgraphs read from this scope follow the node's own inputs
                 captures = sorted(outer_reads(node))
                 ctx.captures, ctx.scope, ctx.scope_values = captures, types, g.constants

@@ -154,9 +154,16 @@ def writes_out(fn: Callable) -> Callable:
     return fn
 
 
+_LOADED = False
+
+
 def _load_all() -> None:
     # Importing the families registers their ops; done lazily to keep import cycles away.
-    from . import _families  # noqa: F401
+    global _LOADED
+    if not _LOADED:
+        from . import _families  # noqa: F401
+
+        _LOADED = True
 
 
 def get_schema(op_type: str, domain: str = "") -> OpSchema:
