@@ -80,9 +80,10 @@ class Node:
         object.__setattr__(self, "inputs", tuple(self.inputs))
         object.__setattr__(self, "outputs", tuple(self.outputs))
         if self.attrs:
-            nested = any(isinstance(v, Graph) or (isinstance(v, (list, tuple)) and any(isinstance(x, Graph) for x in v))
-                         for v in self.attrs.values())
-            object.__setattr__(self, "_nested", nested)
+            for v in self.attrs.values():
+                if isinstance(v, Graph) or (isinstance(v, (list, tuple)) and any(isinstance(x, Graph) for x in v)):
+                    object.__setattr__(self, "_nested", True)
+                    break
 
     def replace(self, **changes) -> "Node":
         """A copy with some fields changed (nodes are frozen)."""

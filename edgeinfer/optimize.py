@@ -93,7 +93,7 @@ class _Index:
                 if i:
                     self.uses[i] = self.uses.get(i, 0) + 1
                     self.consumers.setdefault(i, []).append(n)
-            if n.attrs and any(isinstance(v, (Graph, list, tuple)) for v in n.attrs.values()):
+            if n.has_subgraphs:
                 for sub in n.subgraphs():
                     for sn in sub.walk_nodes():
                         for i in sn.inputs:

@@ -52,7 +52,10 @@ def int_list(ctx: OpContext, name: str, value, n: int, default: int, minimum: in
     """An int-list attribute of length ``n`` (``default`` repeated when absent), validated."""
     if value is None:
         return (default,) * n
-    vals = tuple(int(v) for v in np.atleast_1d(value).tolist())
+    if type(value) is list and all(type(v) is int for v in value):
+        vals = tuple(value)  # the common case: the importers give attributes as lists of int
+    else:
+        vals = tuple(int(v) for v in np.atleast_1d(value).tolist())
     if len(vals) != n:
         raise ctx.error(f"attribute '{name}' has {len(vals)} values {list(vals)}, expected {n} for {n} spatial axes")
     if any(v < minimum for v in vals):
@@ -422,9 +425,9 @@ class _ChannelsLast:
     begins: tuple[int, int]
     phases: list[tuple[int, int, tuple[int, int], tuple[int, int], list[tuple[int, int]]]]
     # per phase: (row phase, col phase, phase grid (Qh, Qw), tap step (rows, cols), taps (i, j))
-    steps: list[tuple[int, int, int, tuple[int, ...], tuple[int, ...], bool]]
+    steps: tuple[tuple[int, int, int, tuple[int, ...], tuple[int, ...], bool], ...]
     # one einsum each: (phase, first output row, end output row, tap rows, tap cols, accumulate?)
-    zero_rows: list[tuple[int, int]]  # output row ranges no tap reaches (zeroed first)
+    zero_rows: tuple[tuple[int, int], ...]  # output row ranges no tap reaches (zeroed first)
     period: int  # output columns the tiled weights span; they repeat Wo / period times
     specs: dict = field(default_factory=dict)  # (input shape, dtypes) -> its scratch specs
 
@@ -523,7 +526,7 @@ def _channels_last(win: Window, spatial: tuple[int, int], outs, begins, channels
         # stride 1: one phase, taps `dilation` apart; dilation 1: taps adjacent within a phase
         step = (dh if sh == 1 else 1, dw if sw == 1 else 1)
         phases.append((ph, pw, grid, step, taps))
-    steps, zero_rows = _row_steps(phases, outs, h, bh, sh, dh, row_cost)
+    steps, zero_rows = _row_steps(tuple(tuple(p[4]) for p in phases), tuple(outs), h, bh, sh, dh, row_cost)
     # Weights tiled along a whole output row would be re-read from memory on every call (a
     # 5x5 layer of 88 channels on a 96-wide image: 845 KB); tiled over a few columns and
     # broadcast across the rest they stay in cache while the inner loops stay long.
@@ -542,7 +545,8 @@ _SPLIT_MIN_SAVING = 0.25  # measured: 12-row images (10% of taps on padding) los
 _TILE_MIN_VALUES = 512  # einsum's inner loop length over the tiled weights
 
 
-def _row_steps(phases, outs, h: int, bh: int, sh: int, dh: int, row_cost: float):
+@functools.lru_cache(maxsize=256)  # layers of a network share their geometry
+def _row_steps(phase_taps: tuple, outs: tuple, h: int, bh: int, sh: int, dh: int, row_cost: float):
     """The einsum calls of the channels-last depthwise method.
 
     On a short image most (tap row, output row) pairs of a tall kernel read padding (5x5 taps
@@ -553,7 +557,7 @@ def _row_steps(phases, outs, h: int, bh: int, sh: int, dh: int, row_cost: float)
     ho = outs[0]
     steps, written = [], [False] * ho
     zero_rows = []
-    for k, (_, _, _, _, taps) in enumerate(phases):
+    for k, taps in enumerate(phase_taps):
         rows_k = sorted({i for i, _ in taps})
         cols_k = tuple(sorted({j for _, j in taps}))
         valid = [tuple(i for i in rows_k if 0 <= q * sh + i * dh - bh < h) for q in range(ho)]
@@ -579,7 +583,7 @@ def _row_steps(phases, outs, h: int, bh: int, sh: int, dh: int, row_cost: float)
             steps.append((k, a, b, v, cols_k, all(done)))
             written[a:b] = [True] * (b - a)
     zero_rows += [(q, q + 1) for q in range(ho) if not written[q]]
-    return steps, zero_rows
+    return tuple(steps), tuple(zero_rows)
 
 
 def _phases_shape(x_shape: tuple, f: _PhaseGrid) -> tuple[int, ...]:
