@@ -59,6 +59,17 @@ def _value_type(v, declared: str) -> tuple[str, Any]:
     return dtype, tuple(v.shape)
 
 
+class _Compiled:
+    """One compiled plan of a :class:`Body` and how to feed it positionally."""
+
+    __slots__ = ("exe", "order", "out_types")
+
+    def __init__(self, exe, order: list[int] | None, out_types: list):
+        self.exe = exe
+        self.order = order  # body value index of each plan input (None: the same order)
+        self.out_types = out_types  # inferred (dtype, shape) of each output, None if not static
+
+
 class Body:
     """One subgraph, compiled on demand for the types of the values it is run with."""
 
@@ -74,9 +85,9 @@ class Body:
         self.fed = [(c, ctx.captures.index(c)) for c in sorted(reads) if c not in self.const and c in ctx.captures]
         self.formal = [v.name for v in graph.inputs]
         self.out_names = [v.name for v in graph.outputs]
-        self._plans: OrderedDict[tuple, Any] = OrderedDict()
+        self._plans: OrderedDict[tuple, _Compiled] = OrderedDict()
 
-    def _compile(self, inputs: list, caps: tuple):
+    def _compile(self, inputs: list, caps: tuple) -> _Compiled:
         from ..backends.cpu import compile as cpu_compile
 
         values = list(inputs) + [caps[k] for _, k in self.fed]
@@ -96,25 +107,41 @@ class Body:
         plan = exe.plan
         fixed = {s for _, s in plan.input_slots} | {i for i, v in enumerate(plan.template) if v is not None}
         plan.output_slots = [(n, s, copy and s not in fixed) for n, s, copy in plan.output_slots]
-        return exe
+        where = {n: i for i, n in enumerate(names)}
+        order = [where[n] for n, _ in plan.input_slots]
+        out_types = []
+        for n in self.out_names:
+            t = plan.types.get(n)
+            static = (t is not None and t.shape is not None and _dt.is_tensor(t.dtype)
+                      and all(isinstance(d, int) for d in t.shape))
+            out_types.append((_dt.to_numpy(t.dtype), tuple(t.shape)) if static else None)
+        return _Compiled(exe, None if order == list(range(len(names))) else order, out_types)
+
+    def compiled(self, inputs: list, caps: tuple) -> _Compiled:
+        """The plan for these input values (compiled on first sight of their types)."""
+        key = tuple(_signature(v) for v in inputs) + tuple(_signature(caps[k]) for _, k in self.fed)
+        c = self._plans.get(key)
+        if c is None:
+            c = self._compile(inputs, caps)
+            self._plans[key] = c
+            if len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return c
+
+    def feed(self, c: _Compiled, inputs: list, caps: tuple) -> list:
+        """Run plan ``c`` on the formal inputs (already arrays) and the captures."""
+        values = inputs + [caps[k] for _, k in self.fed] if self.fed else inputs
+        if c.order is not None:
+            values = [values[i] for i in c.order]
+        return c.exe.run_list(values)
 
     def run(self, inputs: list, caps: tuple) -> list:
         if len(inputs) != len(self.formal):
             raise KernelError(f"{self.label}: the subgraph takes {len(self.formal)} inputs, got {len(inputs)}")
         inputs = [v if v is None or isinstance(v, (list, np.ndarray)) else np.asarray(v) for v in inputs]
-        key = tuple(_signature(v) for v in inputs) + tuple(_signature(caps[k]) for _, k in self.fed)
-        exe = self._plans.get(key)
-        if exe is None:
-            exe = self._compile(inputs, caps)
-            self._plans[key] = exe
-            if len(self._plans) > PLAN_CACHE_SIZE:
-                self._plans.popitem(last=False)
-        else:
-            self._plans.move_to_end(key)
-        feeds = dict(zip(self.formal, inputs))
-        feeds.update((c, caps[k]) for c, k in self.fed)
-        out = exe.run(feeds)
-        return [out[n] for n in self.out_names]
+        return self.feed(self.compiled(inputs, caps), inputs, caps)
 
 
 def bind_subgraph(ctx: OpContext, graph: Graph, input_types: list | None = None):
@@ -170,8 +197,19 @@ def if_shape(ctx: OpContext, then_branch, else_branch):
 
 @kernel("If", attrs={"then_branch": REQUIRED, "else_branch": REQUIRED})
 def if_(ctx: OpContext, then_branch, else_branch):
-    then_body, else_body = Body(ctx, then_branch), Body(ctx, else_branch)
     single = len(ctx.node.outputs) == 1
+    n_caps = len(ctx.captures)
+    const = ctx.values[0] if ctx.values else None
+    if isinstance(const, np.ndarray) and const.size == 1:
+        # a constant condition (common inside exported subgraphs): only that branch is built
+        body = Body(ctx, then_branch if bool(const.reshape(-1)[0]) else else_branch)
+
+        def const_if_fn(*args):
+            outs = body.run([], args[len(args) - n_caps:] if n_caps else ())
+            return outs[0] if single else tuple(outs)
+
+        return const_if_fn
+    then_body, else_body = Body(ctx, then_branch), Body(ctx, else_branch)
 
     def if_fn(*args):
         (cond,), caps = _caps(ctx, args)
@@ -205,30 +243,77 @@ def loop_shape(ctx: OpContext, body):
     return carried + scans
 
 
+def _without_invariants(body: Graph, fixed: dict[int, np.ndarray]) -> Graph:
+    """``body`` with the carried values ``fixed`` (index -> value) turned into constants:
+    their inputs and pass-through outputs are dropped."""
+    drop_in = {2 + j for j in fixed}
+    drop_out = {1 + j for j in fixed}
+    consts = dict(body.constants)
+    consts.update((body.inputs[2 + j].name, v) for j, v in fixed.items())
+    return Graph(inputs=[v for i, v in enumerate(body.inputs) if i not in drop_in],
+                 outputs=[v for i, v in enumerate(body.outputs) if i not in drop_out],
+                 nodes=list(body.nodes), constants=consts, value_info=dict(body.value_info),
+                 opset=dict(body.opset), metadata=dict(body.metadata), name=body.name)
+
+
+def _same_types(new: list, old: list) -> bool:
+    """Whether ``new`` values have the compile signature of ``old`` ones (arrays: cheaply)."""
+    for a, b in zip(new, old):
+        if type(a) is np.ndarray and type(b) is np.ndarray:
+            if a.shape != b.shape or a.dtype != b.dtype:
+                return False
+        elif _signature(a) != _signature(b):
+            return False
+    return True
+
+
 @kernel("Loop", attrs={"body": REQUIRED})
 def loop(ctx: OpContext, body):
     n_carried = len(ctx.node.inputs) - 2
     n_scan = len(body.outputs) - 1 - n_carried
-    runner = Body(ctx, body)
     scan_types = [v.type for v in body.outputs[1 + n_carried:]]
     if not ctx.has_input(0) and not ctx.has_input(1):
         raise ctx.error("has neither a trip count M nor a condition: the loop would never end")
+    # A carried value that the body passes straight through (output name = input name) and
+    # that starts as a constant is the same in every iteration: it becomes a constant of the
+    # body, so what depends on it alone (weight transposes) folds once at compile time and
+    # MatMul + bias fuse, instead of running every iteration (exporters such as Paddle's
+    # carry all the weights of a decoder loop this way).
+    fixed = {j: ctx.values[2 + j] for j in range(n_carried)
+             if isinstance(ctx.values[2 + j], np.ndarray) and body.inputs[2 + j].name == body.outputs[1 + j].name}
+    live = [j for j in range(n_carried) if j not in fixed]
+    n_live = len(live)
+    runner = Body(ctx, _without_invariants(body, fixed) if fixed else body)
+    use_cond = ctx.has_input(1)
 
     def loop_fn(*args):
         ins, caps = _caps(ctx, args)
-        m, cond, carried = ins[0], ins[1], list(ins[2:])
+        m, cond = ins[0], ins[1]
+        carried = [v if v is None or isinstance(v, (list, np.ndarray)) else np.asarray(v)
+                   for v in (ins[2 + j] for j in live)]
         trips = None if m is None else int(np.asarray(m).reshape(-1)[0])
         keep = True if cond is None else bool(np.asarray(cond).reshape(-1)[0])
         scans: list[list] = [[] for _ in range(n_scan)]
         i = 0
+        plan = None
         while keep and (trips is None or i < trips):
-            outs = runner.run([np.array(i, _INT64), np.array(keep)] + carried, caps)
-            keep = bool(np.asarray(outs[0]).reshape(-1)[0]) if cond is not None or ctx.has_input(1) else True
-            carried = outs[1:1 + n_carried]
+            step_in = [np.array(i, _INT64), np.array(keep)] + carried
+            if plan is None:  # the plan stays while the carried values keep their types
+                plan = runner.compiled(step_in, caps)
+            outs = runner.feed(plan, step_in, caps)
+            keep = bool(np.asarray(outs[0]).reshape(-1)[0]) if use_cond else True
+            new = outs[1:1 + n_live]
+            if not _same_types(new, carried):
+                plan = None
+            carried = new
             for k in range(n_scan):
-                scans[k].append(outs[1 + n_carried + k])
+                scans[k].append(outs[1 + n_live + k])
             i += 1
-        results = list(carried)
+        results = [None] * n_carried
+        for j, v in fixed.items():
+            results[j] = v
+        for j, v in zip(live, carried):
+            results[j] = v
         for k in range(n_scan):
             if scans[k]:
                 if isinstance(scans[k][0], list):

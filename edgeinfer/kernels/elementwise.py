@@ -25,6 +25,7 @@ All single-output kernels are :func:`~.registry.writes_out`.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from typing import Callable, Iterable
 
 import numpy as np
@@ -46,6 +47,11 @@ BOOL = frozenset({"bool"})
 ANY = frozenset(_dt.DTYPES)
 
 Compute = Callable[..., np.ndarray]
+
+# True while numpy's floating-point error handling is "ignore" for a whole backend run (the
+# cpu backend sets both at once): kernels then skip their own np.errstate, which costs ~1 us a
+# call, as much as the arithmetic on a small tensor.
+FP_ERRORS_IGNORED: ContextVar[bool] = ContextVar("edgeinfer_fp_errors_ignored", default=False)
 
 
 # ------------------------------------------------------------------------- bfloat16
@@ -122,6 +128,17 @@ def bind_elementwise(ctx: OpContext, compute: Compute, *, wide_half: bool = Fals
     widen = [d == "bfloat16" and widen_bf16 or (wide_half and d == "float16") for d in in_dtypes]
     if not any(widen) and (out_dtype != "bfloat16" or not widen_bf16):
         want = _dt.to_numpy(out_dtype)
+        if _never_scalar(ctx):
+            # every input has a known rank >= 1: numpy gives arrays back, so with ``out`` the
+            # result is ``out`` itself and without it only the dtype may need a cast
+            @writes_out
+            def ranked_fn(*xs, out=None):
+                if out is not None:
+                    return compute(*xs, out=out)
+                y = compute(*xs)
+                return y if y.dtype == want else y.astype(want)
+
+            return ranked_fn
 
         @writes_out
         def elementwise_fn(*xs, out=None):
@@ -144,6 +161,12 @@ def bind_elementwise(ctx: OpContext, compute: Compute, *, wide_half: bool = Fals
         return finish(compute(*xs), out_dtype, out)
 
     return widened_fn
+
+
+def _never_scalar(ctx: OpContext) -> bool:
+    """Whether every present input has a static rank >= 1 (so no call sees only 0-d arrays)."""
+    ts = [ctx.inputs[i] for i in _present(ctx)]
+    return bool(ts) and all(t is not None and t.shape is not None and len(t.shape) >= 1 for t in ts)
 
 
 def _all_scalars(xs) -> bool:
@@ -329,6 +352,8 @@ def quiet(ufunc: Compute) -> Compute:
     """IEEE results (inf, nan) without numpy's RuntimeWarnings (log(0), sqrt(-1), 1/0)."""
 
     def compute(*xs, out=None):
+        if FP_ERRORS_IGNORED.get():
+            return ufunc(*xs, out=out)
         with np.errstate(all="ignore"):
             return ufunc(*xs, out=out)
 
@@ -346,42 +371,34 @@ register_elementwise(
 
 
 # ------------------------------------------------------------------------ binary
-def _div(a, b, out=None):
+def _div_ieee(a, b, out=None):
     """ONNX Div: IEEE for floats, C truncation toward zero for integers."""
-    with np.errstate(all="ignore"):
-        if a.dtype.kind == "f" or b.dtype.kind == "f":
-            return np.divide(a, b, out=out)
-        q = np.floor_divide(a, b, out=out)
-        if a.dtype.kind == "i":
-            # floor and trunc differ where the remainder is nonzero and the signs differ
-            fix = np.not_equal(np.remainder(a, b), 0)
-            fix &= np.less(a, 0) != np.less(b, 0)
-            np.add(q, fix, out=q, casting="unsafe")
-        return q
+    if a.dtype.kind == "f" or b.dtype.kind == "f":
+        return np.divide(a, b, out=out)
+    q = np.floor_divide(a, b, out=out)
+    if a.dtype.kind == "i":
+        # floor and trunc differ where the remainder is nonzero and the signs differ
+        fix = np.not_equal(np.remainder(a, b), 0)
+        fix &= np.less(a, 0) != np.less(b, 0)
+        np.add(q, fix, out=q, casting="unsafe")
+    return q
 
 
-def _pow(a, b, out=None):
+def _pow_ieee(a, b, out=None):
     """ONNX Pow: the result has the base's dtype whatever the exponent's."""
-    with np.errstate(all="ignore"):
-        if a.dtype.kind == "f":
-            exp = b if b.dtype == a.dtype else b.astype(np.result_type(a.dtype, b.dtype) if b.dtype.kind == "f" else a.dtype)
-            y = np.power(a, exp, out=out if exp.dtype == a.dtype else None)
-        elif b.dtype.kind in "iu" and (b.size == 0 or b.min() >= 0):
-            y = np.power(a, b.astype(a.dtype, copy=False), out=out)  # exact integer powers
-        else:  # integer base, float or negative exponent: through double, truncated
-            y = np.power(a.astype(np.float64), b.astype(np.float64))
-            np.trunc(y, out=y)
-        return finish(y, _dt.from_numpy(a.dtype), out)
+    if a.dtype.kind == "f":
+        exp = b if b.dtype == a.dtype else b.astype(np.result_type(a.dtype, b.dtype) if b.dtype.kind == "f" else a.dtype)
+        y = np.power(a, exp, out=out if exp.dtype == a.dtype else None)
+    elif b.dtype.kind in "iu" and (b.size == 0 or b.min() >= 0):
+        y = np.power(a, b.astype(a.dtype, copy=False), out=out)  # exact integer powers
+    else:  # integer base, float or negative exponent: through double, truncated
+        y = np.power(a.astype(np.float64), b.astype(np.float64))
+        np.trunc(y, out=y)
+    return finish(y, _dt.from_numpy(a.dtype), out)
 
 
 def _mod(fmod: int) -> Compute:
-    ufunc = np.fmod if fmod else np.remainder  # fmod: sign of the dividend; else of the divisor
-
-    def compute(a, b, out=None):
-        with np.errstate(all="ignore"):
-            return ufunc(a, b, out=out)
-
-    return compute
+    return quiet(np.fmod if fmod else np.remainder)  # fmod: sign of the dividend; else of the divisor
 
 
 def _check_mod(ctx: OpContext, kw: dict) -> None:
@@ -427,7 +444,7 @@ _BINARY: dict[str, tuple[Compute, frozenset, str | None]] = {
     "Add": (np.add, NUMERIC, None),
     "Sub": (np.subtract, NUMERIC, None),
     "Mul": (np.multiply, NUMERIC, None),
-    "Div": (_div, NUMERIC, None),
+    "Div": (quiet(_div_ieee), NUMERIC, None),
     "Equal": (np.equal, NUMERIC | BOOL | {"string"}, "bool"),
     "Greater": (np.greater, NUMERIC, "bool"),
     "GreaterOrEqual": (np.greater_equal, NUMERIC, "bool"),
@@ -446,7 +463,7 @@ for _op, (_fn, _accepts, _out) in _BINARY.items():
         _fn = quiet(_fn)  # integer overflow wraps and inf - inf is nan, silently as in C
     register_elementwise(_op, _fn, accepts=_accepts, arity=2, out_dtype=_out)
 
-register_elementwise("Pow", _pow, accepts=NUMERIC, arity=2, same=(), free=(1,), check=_check_pow)
+register_elementwise("Pow", quiet(_pow_ieee), accepts=NUMERIC, arity=2, same=(), free=(1,), check=_check_pow)
 register_elementwise("Mod", accepts=NUMERIC, arity=2, attrs={"fmod": 0}, make=_mod, check=_check_mod)
 register_elementwise(
     "BitShift", accepts=INTS, arity=2, attrs={"direction": REQUIRED}, make=_bit_shift, check=_check_bit_shift

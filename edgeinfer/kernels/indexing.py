@@ -24,7 +24,10 @@ def checked_indices(label: str, idx: np.ndarray, size: int, what: str) -> np.nda
     """``idx`` with negatives made positive; KernelError naming the node when out of range."""
     if idx.size == 0:
         return idx.astype(np.int64, copy=False)
-    lo, hi = int(idx.min()), int(idx.max())
+    if idx.size == 1:  # one index (a decoder step): item() is far cheaper than min and max
+        lo = hi = idx.item()
+    else:
+        lo, hi = int(idx.min()), int(idx.max())
     if lo < -size or hi >= size:
         bad = lo if lo < -size else hi
         raise KernelError(f"{label}: index {bad} is out of range for {what} of size {size} (valid: {-size}..{size - 1})")
@@ -40,9 +43,19 @@ def _index_dtype(ctx: OpContext, i: int, what: str = "indices") -> TensorType:
     return t
 
 
+_GRIDS: dict[tuple, tuple] = {}
+
+
 def _grid(shape: tuple, axis: int, idx: np.ndarray) -> tuple:
     """An advanced index that picks ``idx`` along ``axis`` and the identity elsewhere."""
-    grid = list(np.indices(shape, sparse=True))
+    # the sparse identity grids depend on the shape only; a model has few shapes
+    key = (shape, axis)
+    base = _GRIDS.get(key)
+    if base is None:
+        base = tuple(np.indices(shape, sparse=True))
+        if len(_GRIDS) < 256:
+            _GRIDS[key] = base
+    grid = list(base)
     grid[axis] = idx
     return tuple(grid)
 
@@ -68,7 +81,23 @@ def gather(ctx: OpContext, axis):
         # in range and non-negative now, so 'clip' is exact and avoids take's 'raise' buffering
         return np.take(data, idx, axis=a, out=out, mode="clip")
 
-    return gather_fn
+    in_shape, const = ctx.static_shape(0), ctx.values[1]
+    if in_shape is None or const is None:
+        return gather_fn
+    # constant indices into data of a static shape: checked once
+    a = normalize_axis(axis, len(in_shape), ctx.node)
+    try:
+        idx = checked_indices(label, const, in_shape[a], f"axis {a} of data shape {list(in_shape)}")
+    except KernelError:  # reported at run time, as without the fast path
+        return gather_fn
+
+    @writes_out
+    def const_gather_fn(data, indices, out=None):
+        if indices is const and data.shape == in_shape:
+            return np.take(data, idx, axis=a, out=out, mode="clip")
+        return gather_fn(data, indices, out=out)
+
+    return const_gather_fn
 
 
 @shape_rule("GatherElements")
@@ -281,14 +310,22 @@ def one_hot_shape(ctx: OpContext, axis) -> list[TensorType]:
 
 @kernel("OneHot", attrs={"axis": -1})
 def one_hot(ctx: OpContext, axis):
+    const_depth = ctx.values[1]
+    d_const = None if const_depth is None else int(const_depth.reshape(-1)[0])
+    positions = None if d_const is None or d_const < 1 else np.arange(d_const)
+
     def one_hot_fn(indices, depth, values):
-        d = int(np.asarray(depth).reshape(-1)[0])
+        if depth is const_depth and positions is not None:
+            d, ar = d_const, positions
+        else:
+            d = int(np.asarray(depth).reshape(-1)[0])
+            ar = np.arange(d)
         idx = indices.astype(np.int64)  # float indices truncate, as in ONNX Runtime
         idx = np.where(idx < 0, idx + d, idx)  # out-of-range rows stay all "off"
-        hot = idx[..., None] == np.arange(d)
+        hot = idx[..., None] == ar
         y = np.where(hot, values[1], values[0])
         a = axis + y.ndim if axis < 0 else axis
-        return np.moveaxis(y, -1, a)
+        return y if a == y.ndim - 1 else np.moveaxis(y, -1, a)
 
     return one_hot_fn
 

@@ -158,8 +158,17 @@ def matmul_shape(ctx: OpContext):
 def build_matmul(ctx: OpContext, activation: Callable | None = None, bias_input: int | None = None) -> Callable:
     """Kernel of MatMul and FusedMatMul: ``fn(a, b, [bias,] out=None)``; bias broadcasts."""
     label = ctx.node.label
+    # the usual case, float32/float64 operands of one dtype: matmul straight into ``out``
+    # (no astype calls, no work-dtype lookup); anything else takes the general path
+    plain = {np.dtype(np.float32), np.dtype(np.float64)}
 
     def product(a, b, out):
+        dt = a.dtype
+        if dt is b.dtype and dt in plain and (out is None or out.dtype is dt):
+            try:
+                return np.matmul(a, b, out=out)
+            except ValueError:
+                pass  # reported below with the node
         work = _float_compute(a.dtype) if a.dtype.kind == "f" else a.dtype
         direct = out is not None and out.dtype == work
         try:
@@ -171,7 +180,10 @@ def build_matmul(ctx: OpContext, activation: Callable | None = None, bias_input:
     if bias_input is None and activation is None:
         @writes_out
         def matmul_fn(a, b, out=None):
-            return _finish(product(a, b, out), a.dtype, out)
+            y = product(a, b, out)
+            if y is out:
+                return out
+            return _finish(y, a.dtype, out)
 
         return matmul_fn
 

@@ -167,6 +167,24 @@ def reshape(ctx: OpContext, allowzero):
         except ValueError as e:
             raise _fail(label, str(e)) from None
 
+    const = ctx.values[1]
+    target = None if const is None else [int(v) for v in const.reshape(-1)]
+    if ctx.static_shape(0) is None and target is not None and 0 not in target \
+            and target.count(-1) <= 1 and all(t >= -1 for t in target):
+        # a constant target without 0 means what numpy's reshape means (-1 inferred), so an
+        # input of unknown shape needs no per-call shape arithmetic; an invalid reshape
+        # goes the general way for its message
+        target = tuple(target)
+
+        def const_target_fn(x, shape):
+            if shape is const:
+                try:
+                    return x.reshape(target)
+                except ValueError:
+                    pass
+            return reshape_fn(x, shape)
+
+        return const_target_fn
     return with_static_shape(ctx, reshape_fn)
 
 
@@ -399,7 +417,25 @@ def split(ctx: OpContext, axis, num_outputs):
         bounds = np.cumsum([0] + parts)
         return tuple(x[lead + (slice(int(b), int(e)),)] for b, e in zip(bounds[:-1], bounds[1:]))
 
-    return split_fn
+    in_shape = ctx.static_shape(0)
+    sizes_const = ctx.values[1] if ctx.has_input(1) else None
+    if in_shape is None or (ctx.has_input(1) and sizes_const is None):
+        return split_fn
+    # static input shape and split sizes: the slices are fixed, each call only takes views
+    a = normalize_axis(axis, len(in_shape), ctx.node)
+    try:
+        parts = split_sizes(in_shape[a], n, None if sizes_const is None else [int(v) for v in sizes_const], num_outputs)
+    except ValueError:  # the run-time path reports it with the node
+        return split_fn
+    ends = np.cumsum(parts).tolist()
+    index = [(slice(None),) * a + (slice(e - p, e),) for p, e in zip(parts, ends)]
+
+    def static_split_fn(x, sizes=None):
+        if x.shape == in_shape and sizes is sizes_const:
+            return tuple([x[i] for i in index])
+        return split_fn(x, sizes)
+
+    return static_split_fn
 
 
 # -------------------------------------------------------------------------- Slice
@@ -473,15 +509,39 @@ def slice_shape(ctx: OpContext) -> list[TensorType]:
 @kernel("Slice", aliases=True)
 def slice_(ctx: OpContext):
     def slice_fn(x, starts, ends, axes=None, steps=None):
-        n = len(starts)
-        axes = range(n) if axes is None else [int(a) + x.ndim if a < 0 else int(a) for a in axes]
-        steps = [1] * n if steps is None else steps
-        index = [slice(None)] * x.ndim
-        for start, end, a, step in zip(starts, ends, axes, steps):
-            index[a] = slice_bounds(x.shape[a], int(start), int(end), int(step))[0]
-        return x[tuple(index)]
+        return x[_slice_index(x.shape, starts, ends, axes, steps)]
 
-    return slice_fn
+    in_shape = ctx.static_shape(0)
+    consts = list(ctx.values[1:5]) + [None] * (5 - len(ctx.values))
+    if in_shape is None or ctx.values[1] is None or ctx.values[2] is None or any(
+            consts[i] is None and ctx.has_input(i + 1) for i in range(4)):
+        return slice_fn
+    # the bounds are constants and the data shape static: one precomputed index
+    try:
+        index = _slice_index(in_shape, *consts)
+    except Exception:  # an invalid constant: the run-time path reports it with the node
+        return slice_fn
+    c_starts, c_ends, c_axes, c_steps = consts
+
+    def static_slice_fn(x, starts, ends, axes=None, steps=None):
+        if x.shape == in_shape and starts is c_starts and ends is c_ends and axes is c_axes and steps is c_steps:
+            return x[index]
+        return slice_fn(x, starts, ends, axes, steps)
+
+    return static_slice_fn
+
+
+def _slice_index(shape: tuple, starts, ends, axes=None, steps=None) -> tuple:
+    """The basic index of ONNX Slice on an array of ``shape``."""
+    # tolist(): Python ints at once instead of one numpy scalar conversion per value
+    starts, ends = starts.tolist(), ends.tolist()
+    n, rank = len(starts), len(shape)
+    axes = range(n) if axes is None else [a + rank if a < 0 else a for a in axes.tolist()]
+    steps = [1] * n if steps is None else steps.tolist()
+    index = [slice(None)] * rank
+    for start, end, a, step in zip(starts, ends, axes, steps):
+        index[a] = slice_bounds(shape[a], start, end, step)[0]
+    return tuple(index)
 
 
 # ------------------------------------------------------------------ Expand / Tile
@@ -500,14 +560,28 @@ def expand_shape(ctx: OpContext) -> list[TensorType]:
 
 @kernel("Expand")
 def expand(ctx: OpContext):
+    label = ctx.node.label
+
     @writes_out
     def expand_fn(x, shape, out=None):
         if out is None:
-            out = np.empty(np.broadcast_shapes(x.shape, tuple(int(s) for s in shape)), x.dtype)
+            out = np.empty(_broadcast_pair(label, x.shape, tuple(shape.tolist())), x.dtype)
         np.copyto(out, x)
         return out
 
     return expand_fn
+
+
+def _broadcast_pair(label: str, a: tuple, b: tuple) -> tuple:
+    """Multidirectional broadcast of two concrete shapes (np.broadcast_shapes costs ~3 us)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for x, y in zip(a, b):
+        if x != y and x != 1 and y != 1:
+            raise _fail(label, f"shape {list(b)} does not broadcast with the input shape {list(a)}")
+        out.append(y if x == 1 else x)
+    return tuple(out)
 
 
 @shape_rule("Tile")
@@ -607,7 +681,38 @@ def pad(ctx: OpContext, mode):
             raise _fail(label, f"mode '{mode}' cannot pad an empty tensor of shape {list(x.shape)}")
         return deliver(np.pad(x, widths, mode=mode), out)
 
-    return pad_fn
+    in_shape = ctx.static_shape(0)
+    c_pads, c_axes = ctx.values[1], ctx.values[3] if len(ctx.values) > 3 else None
+    if mode == "constant" or in_shape is None or c_pads is None or (ctx.has_input(3) and c_axes is None) \
+            or 0 in in_shape:
+        return pad_fn
+    try:
+        begin, end = _full_pads([int(p) for p in c_pads], None if c_axes is None else [int(a) for a in c_axes],
+                                len(in_shape))
+    except ValueError:  # reported at run time
+        return pad_fn
+    # reflect/edge/wrap only remap indices, axis by axis as np.pad works: the map of each
+    # padded axis is np.pad of an arange, computed once; a call is one take per padded axis
+    takes = []
+    try:
+        for a, (d, b, e) in enumerate(zip(in_shape, begin, end)):
+            if b or e:
+                src = np.arange(d)[max(-b, 0):d + min(e, 0)]
+                takes.append((a, np.pad(src, (max(b, 0), max(e, 0)), mode=mode)))
+    except ValueError:  # e.g. cropped to nothing, then padded: reported at run time
+        return pad_fn
+
+    @writes_out
+    def static_pad_fn(x, pads, constant_value=None, axes=None, out=None):
+        if x.shape != in_shape or pads is not c_pads or axes is not c_axes:
+            return pad_fn(x, pads, constant_value, axes, out=out)
+        if not takes:
+            return x.copy() if out is None else deliver(x, out)
+        for k, (a, idx) in enumerate(takes):
+            x = np.take(x, idx, axis=a, out=out if k == len(takes) - 1 else None, mode="clip")
+        return x
+
+    return static_pad_fn
 
 
 # ------------------------------------------------------- DepthToSpace, SpaceToDepth
