@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from .elementwise import FLOATS, NUMERIC, SIGNED_NUMERIC, Compute, deliver, erf, quiet, register_elementwise
+from .elementwise import FLOATS, NUMERIC, SIGNED_NUMERIC, Compute, deliver, erf, ieee_errors, quiet, register_elementwise
 from .registry import OpContext
 
 _SELU_ALPHA = 1.67326319217681884765625  # ONNX's float32 defaults, written exactly
@@ -87,7 +87,7 @@ def _shrink(bias: float, lambd: float) -> Compute:
         y = np.zeros_like(x) if out is None else out
         if out is not None:
             y.fill(0)
-        with np.errstate(over="ignore"):
+        with ieee_errors():
             np.subtract(x, bias, out=y, where=x > lambd, casting="unsafe")
             np.add(x, bias, out=y, where=x < -lambd, casting="unsafe")
         return y

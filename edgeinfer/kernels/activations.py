@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import GraphError
 from .conv import scratch
-from .elementwise import erf
+from .elementwise import erf, ieee_errors
 
 Activation = Callable[[np.ndarray], np.ndarray]
 
@@ -84,7 +84,7 @@ def _hard_swish(y: np.ndarray) -> np.ndarray:
 
 def _sigmoid_into(y: np.ndarray, out: np.ndarray) -> np.ndarray:
     # exp(-y) overflows to inf for very negative y, giving the correct limit 1/inf = 0
-    with np.errstate(over="ignore"):
+    with ieee_errors():
         np.negative(y, out=out)
         np.exp(out, out=out)
     out += 1
@@ -170,7 +170,7 @@ def _gelu_erf_float32(y: np.ndarray) -> np.ndarray:
     h *= a
     h *= np.float32(0.5)
     np.subtract(np.float32(1), h, out=h, where=y >= 0)
-    with np.errstate(invalid="ignore"):  # -inf * 0: nan, as the formula gives
+    with ieee_errors():  # -inf * 0: nan, as the formula gives
         y *= h
     return y
 

@@ -18,7 +18,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..errors import GraphError
 from ..graph import TensorType
-from .elementwise import deliver
+from .elementwise import deliver, ieee_errors
 from .registry import REQUIRED, OpContext, kernel, shape_rule, writes_out
 
 _CAST_ATTRS = {"saturate": 1, "round_mode": "up"}
@@ -85,7 +85,7 @@ def to_float8e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
 
 def _from_number(x: np.ndarray, dst: str, saturate: int = 1, round_mode: str = "up") -> np.ndarray:
     x = np.asarray(x)
-    with np.errstate(invalid="ignore", over="ignore"):
+    with ieee_errors():
         if dst == "float8e8m0":
             return to_float8e8m0(x.astype(np.float32), bool(saturate), round_mode)
         if dst in _dt.FLOAT8_DTYPES:
@@ -115,7 +115,7 @@ def cast_array(x: np.ndarray, src: str, dst: str, out: np.ndarray | None = None,
     if src == dst:
         return deliver(x, out)
     if out is not None and dst not in _dt.LOW_PRECISION:
-        with np.errstate(invalid="ignore", over="ignore"):
+        with ieee_errors():
             np.copyto(out, x, casting="unsafe")  # the C cast, straight into the buffer
         return out
     return deliver(_from_number(x, dst, saturate, round_mode), out)

@@ -24,6 +24,8 @@ All single-output kernels are :func:`~.registry.writes_out`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import math
 from contextvars import ContextVar
 from typing import Callable, Iterable
@@ -52,6 +54,13 @@ Compute = Callable[..., np.ndarray]
 # cpu backend sets both at once): kernels then skip their own np.errstate, which costs ~1 us a
 # call, as much as the arithmetic on a small tensor.
 FP_ERRORS_IGNORED: ContextVar[bool] = ContextVar("edgeinfer_fp_errors_ignored", default=False)
+_NO_CHANGE = contextlib.nullcontext()
+
+
+def ieee_errors():
+    """A context in which numpy's floating-point errors are ignored: the run's own setting
+    when a backend run has set it (no cost), else a fresh ``np.errstate(all="ignore")``."""
+    return _NO_CHANGE if FP_ERRORS_IGNORED.get() else np.errstate(all="ignore")
 
 
 # ------------------------------------------------------------------------- bfloat16

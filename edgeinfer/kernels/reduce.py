@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import KernelError
 from ..graph import TensorType
-from .elementwise import BOOL, NUMERIC, deliver
+from .elementwise import BOOL, NUMERIC, deliver, ieee_errors
 from .registry import OpContext, kernel, shape_rule, writes_out
 from .shapes import normalize_axis
 from .tensor import const_ints, check_index_input, vector_length
@@ -50,7 +50,7 @@ def _sum(x, axes, keepdims):
 
 
 def _mean(x, axes, keepdims):
-    with np.errstate(invalid="ignore", divide="ignore"):  # empty mean is nan, as 0/0
+    with ieee_errors():  # empty mean is nan, as 0/0
         return np.mean(x, axis=axes, keepdims=keepdims, dtype=_acc(x) if x.dtype.kind == "f" else np.float64)
 
 
@@ -84,7 +84,7 @@ def _l2(x, axes, keepdims):
 
 
 def _log_sum(x, axes, keepdims):
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with ieee_errors():
         return np.log(_sum(x, axes, keepdims))
 
 
@@ -93,7 +93,7 @@ def _log_sum_exp(x, axes, keepdims):
     # shift by the max so exp never overflows; a non-finite max (all -inf, or inf) shifts by 0
     m = np.max(x, axis=axes, keepdims=True, initial=-np.inf)
     m[~np.isfinite(m)] = 0
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+    with ieee_errors():
         s = np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))
     s += m
     return s if keepdims else np.squeeze(s, axis=axes)
