@@ -203,6 +203,12 @@ def _plan_buffers(g: Graph, steps: list[_Step], slots: dict[str, int], types: di
     that may view a block (or is an input or constant) is copied when returned.
     """
     graph_outputs = {slots[v.name] for v in g.outputs}
+    # tensors a graph output may be a view of (through Reshape, Squeeze, slices ...): they get
+    # no arena block, so the output needs no copy when it is returned
+    reach_output = set(graph_outputs)
+    for st in reversed(steps):
+        if not getattr(st.fn, "writes_out", False) and any(o in reach_output for o in st.outs):
+            reach_output.update(i for i in st.ins if i >= 0)
     last_use: dict[int, int] = {}
     for k, st in enumerate(steps):
         for i in st.ins:
@@ -220,7 +226,7 @@ def _plan_buffers(g: Graph, steps: list[_Step], slots: dict[str, int], types: di
         wants_block = (
             getattr(st.fn, "writes_out", False)
             and len(st.outs) == 1
-            and st.outs[0] not in graph_outputs
+            and st.outs[0] not in reach_output
             and t is not None
             and t.shape is not None
             and all(isinstance(d, int) for d in t.shape)
