@@ -74,9 +74,7 @@ def _ml_dtypes():
         try:
             import ml_dtypes
         except ImportError:
-            raise MissingDependencyError(
-                "bfloat16, float8, float4, int4 and int2 tensors need the ml_dtypes package: pip install ml_dtypes"
-            ) from None
+            raise MissingDependencyError("ml_dtypes", "onnx", "bfloat16, float8, float4, int4 and int2 tensors") from None
         _ml = ml_dtypes
     return _ml
 

@@ -271,6 +271,11 @@ def _division(precision: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return lambda x, s: np.divide(x.astype(F32, copy=False), s, dtype=F32)
 
 
+
+def _array(y) -> np.ndarray:
+    """numpy gives a scalar, not a 0-d array, for arithmetic on 0-d inputs; ``out=`` needs arrays."""
+    return y if isinstance(y, np.ndarray) else np.array(y)
+
 @kernel("QuantizeLinear", attrs=Q_ATTRS)
 def quantize_linear(ctx: OpContext, axis, block_size, output_dtype, precision, saturate):
     out_dtype = _quantize_out_dtype(ctx, output_dtype)
@@ -292,7 +297,7 @@ def quantize_linear(ctx: OpContext, axis, block_size, output_dtype, precision, s
     sat = bool(saturate)
 
     def quantize_linear_fn(x, y_scale, y_zero_point=None):
-        y = divide(x, scale(y_scale, x.shape))
+        y = _array(divide(x, scale(y_scale, x.shape)))
         if integer:
             np.rint(y, out=y)
         if y_zero_point is not None:
@@ -352,15 +357,15 @@ def dequantize_linear(ctx: OpContext, axis, block_size, output_dtype):
         if _low_precision(x):
             x = x.astype(work)  # float8, float4, int4, int2: exact in float32
         if x_zero_point is None:
-            y = np.multiply(x, s, out=y, dtype=work)
+            y = _array(np.multiply(x, s, out=y, dtype=work))
         else:
             z = zero(x_zero_point, x.shape)
             if x.dtype == np.int32 and not wide:
                 # int32 - zero point is exact in int64, then rounded once to float32
                 d = np.subtract(x, z.astype(np.int64), dtype=np.int64)
-                y = np.multiply(d, s, out=y, dtype=work)
+                y = _array(np.multiply(d, s, out=y, dtype=work))
             else:
-                y = np.subtract(x, z, out=y, dtype=work)
+                y = _array(np.subtract(x, z, out=y, dtype=work))
                 np.multiply(y, s, out=y)
         if y.dtype != target:
             y = y.astype(target)
@@ -386,7 +391,7 @@ def dynamic_quantize_linear(ctx: OpContext):
         # an all-zero input would give scale 0; ONNX Runtime uses 1 there, and so do we
         scale = np.float32(1.0) if hi == lo else np.float32(np.float32(hi) - np.float32(lo)) / np.float32(255)
         zp = np.rint(np.clip(np.float32(0) - np.float32(lo) / scale, 0, 255))
-        y = np.divide(x, scale, dtype=F32)
+        y = _array(np.divide(x, scale, dtype=F32))
         np.rint(y, out=y)
         y += zp
         np.clip(y, 0, 255, out=y)
@@ -491,7 +496,7 @@ def _to_int32(acc: np.ndarray) -> np.ndarray:
 def _requantize(acc: np.ndarray, multiplier, zp: np.ndarray | None, out_dtype: str, fail) -> np.ndarray:
     """``saturate(round(acc * multiplier) + zp)`` in float32, as ONNX Runtime requantizes."""
     try:
-        y = np.multiply(acc, multiplier, dtype=F32)
+        y = _array(np.multiply(acc, multiplier, dtype=F32))
     except ValueError as e:
         raise fail(f"scales of shape {list(np.shape(multiplier))} do not broadcast to the output "
                    f"shape {list(acc.shape)}") from e
