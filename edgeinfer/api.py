@@ -8,7 +8,7 @@ from typing import Any
 from .errors import EdgeInferError, ModelFormatError
 from .graph import Graph
 
-SUFFIXES = {".onnx": "onnx", ".eim": "eim"}
+SUFFIXES = {".onnx": "onnx", ".eim": "eim", ".tflite": "tflite"}
 _EIM_MAGIC = b"EIM"
 
 
@@ -22,7 +22,7 @@ def _format_of(path: Path, sniff: bool) -> str:
         if head.startswith(_EIM_MAGIC):
             return "eim"
         if head[4:8] == b"TFL3":
-            raise ModelFormatError(f"{path}: TFLite models are not supported yet")
+            return "tflite"
         return "onnx"
     raise EdgeInferError(
         f"cannot tell the format of '{path}' from its suffix '{path.suffix}'; supported: {', '.join(SUFFIXES)}"
@@ -33,7 +33,7 @@ def load(model: Any, *, check_supported: bool = True) -> Graph:
     """Load a model into the IR.
 
     Args:
-        model: a path to a ``.onnx`` or ``.eim`` file (other suffixes are sniffed), an
+        model: a path to a ``.onnx``, ``.tflite`` or ``.eim`` file (other suffixes are sniffed), an
             ``onnx.ModelProto``, or a :class:`Graph` (returned as is).
         check_supported: refuse ONNX models with ops edgeinfer has no kernel for (all listed
             in one error). ``False`` imports them anyway, e.g. to inspect or convert them.
@@ -55,6 +55,10 @@ def load(model: Any, *, check_supported: bool = True) -> Graph:
             from .format import load_eim
 
             return load_eim(path)
+        if fmt == "tflite":
+            from .converters.tflite_import import import_tflite
+
+            return import_tflite(path, check_supported=check_supported)
         from .converters.onnx_import import import_onnx
 
         return import_onnx(path, check_supported=check_supported)
@@ -66,7 +70,7 @@ def load(model: Any, *, check_supported: bool = True) -> Graph:
 
 
 def save(graph: Graph, path: str | os.PathLike) -> Path:
-    """Save a graph; the format follows the suffix (``.eim``, ``.onnx``). Writes atomically."""
+    """Save a graph; the format follows the suffix (``.eim``, ``.onnx``, ``.tflite``). Writes atomically."""
     path = Path(path)
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
@@ -77,6 +81,10 @@ def save(graph: Graph, path: str | os.PathLike) -> Path:
         from .format import save_eim
 
         save_eim(graph, path)
+    elif fmt == "tflite":
+        from .converters.tflite_export import export_tflite
+
+        export_tflite(graph, path)
     else:
         from .converters.onnx_export import export_onnx
 

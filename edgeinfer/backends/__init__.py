@@ -22,6 +22,7 @@ from ..errors import BackendUnavailableError
 # name -> module path; modules are imported on first use
 _REGISTRY: dict[str, str] = {
     "cpu": "edgeinfer.backends.cpu",
+    "litert": "edgeinfer.backends.litert",
 }
 
 
