@@ -27,6 +27,7 @@ axes, split counts) are checked here, naming the operator.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -43,6 +44,8 @@ from .tflite_reader import Operator, Tensor, TFLiteModel, read_tflite
 
 # IR opset the imported nodes are written in (the cpu backend's vocabulary)
 IR_ONNX_OPSET = 23
+# metadata entry in which edgeinfer's exporter records the layouts it exposed
+LAYOUT_METADATA = "edgeinfer_layout"
 
 
 def import_tflite(source: str | os.PathLike | bytes, *, check_supported: bool = True, subgraph: int = 0) -> Graph:
@@ -72,9 +75,75 @@ def import_tflite(source: str | os.PathLike | bytes, *, check_supported: bool = 
         listed = ", ".join(f"{k} (x{n})" for k, n in sorted(missing.items()))
         raise UnsupportedOpError(f"{name}: TFLite operators edgeinfer cannot import: {listed}", sorted(missing))
     graph = _Importer(model, subgraph, name).run()
+    layout = model.metadata.get(LAYOUT_METADATA)
+    if layout is not None and subgraph == 0:
+        graph = _restore_layout(graph, layout, name)
     graph = sink_transposes(graph)
     graph.validate()
     return graph
+
+
+def _restore_layout(graph: Graph, blob: bytes, source: str) -> Graph:
+    """Give a model written by edgeinfer's exporter back the signature it was exported from:
+    its ``edgeinfer_layout`` metadata says which inputs and outputs were exposed transposed
+    (``exposed = logical.transpose(perm)``)."""
+    where = f"{source}: metadata {LAYOUT_METADATA}"
+    try:
+        layout = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelFormatError(f"{where}: not valid JSON ({e})") from None
+    if not isinstance(layout, dict) or not all(isinstance(layout.get(k, {}), dict) for k in ("inputs", "outputs")):
+        raise ModelFormatError(f"{where}: expected {{'inputs': {{name: perm}}, 'outputs': {{name: perm}}}}")
+
+    def perm_of(v: ValueInfo, side: str) -> tuple[int, ...] | None:
+        p = layout.get(side, {}).get(v.name)
+        if p is None:
+            return None
+        rank = len(v.shape) if v.shape is not None else -1
+        if not isinstance(p, list) or sorted(x for x in p if type(x) is int) != list(range(rank)) or len(p) != rank:
+            raise ModelFormatError(f"{where}: {side} '{v.name}': {p!r} is not a permutation of its rank {rank}")
+        return None if p == list(range(rank)) else tuple(p)
+
+    g = graph.copy()
+    used = {o for n in g.nodes for o in n.outputs} | set(g.constants) | set(g.input_names)
+    rename: dict[str, str] = {}
+    head: list[Node] = []
+    inputs = []
+    for v in g.inputs:
+        p = perm_of(v, "inputs")
+        if p is None:
+            inputs.append(v)
+            continue
+        inner = _unique(f"{v.name}__exposed", used)
+        rename[v.name] = inner
+        logical = [None] * len(p)
+        for j, d in enumerate(v.shape):
+            logical[p[j]] = d
+        inputs.append(ValueInfo(v.name, v.dtype, tuple(logical)))
+        head.append(Node("Transpose", (v.name,), (inner,), {"perm": list(p)}, name=f"{v.name}_to_exposed"))
+    tail: list[Node] = []
+    outputs = []
+    for v in g.outputs:
+        p = perm_of(v, "outputs")
+        if p is None:
+            outputs.append(v)
+            continue
+        inner = rename.get(v.name) or _unique(f"{v.name}__exposed", used)
+        rename.setdefault(v.name, inner)
+        inv = [0] * len(p)
+        for i, x in enumerate(p):
+            inv[x] = i
+        shape = None if v.shape is None else tuple(v.shape[i] for i in inv)
+        outputs.append(ValueInfo(v.name, v.dtype, shape))
+        tail.append(Node("Transpose", (inner,), (v.name,), {"perm": inv}, name=f"{v.name}_from_exposed"))
+    if not rename:
+        return graph
+
+    def sub(names):
+        return tuple(rename.get(x, x) if x else x for x in names)
+    body = [n.replace(inputs=sub(n.inputs), outputs=sub(n.outputs)) for n in g.nodes]
+    g.inputs, g.outputs, g.nodes = inputs, outputs, head + body + tail
+    return g
 
 
 def _unique(base: str, used: set[str]) -> str:

@@ -30,7 +30,7 @@ from .cost import format_bytes, format_count, summarize
 from .errors import EdgeInferError
 from .graph import format_shape
 
-MODEL_SUFFIXES = (".onnx", ".eim")
+MODEL_SUFFIXES = (".onnx", ".tflite", ".eim")
 
 
 class CliError(click.ClickException):
@@ -203,8 +203,17 @@ def _macs_text(info: dict) -> str:
 @cli.command()
 @click.argument("src", metavar="IN", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path, dir_okay=False))
-def convert(src: Path, dst: Path) -> None:
-    """Convert a model between formats, chosen by suffix (.onnx, .eim)."""
+@click.option("--nchw-inputs", is_flag=True,
+              help="TFLite export: keep the inputs' and outputs' original layout (default: image tensors NHWC).")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="TFLite export: shape of an input whose declared shape has symbolic dims.")
+@click.option("--check", is_flag=True,
+              help="Run the source and the converted model on the same random inputs and compare every "
+                   "tensor they share; name the first op that diverges.")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="--check: error relative to a tensor's scale above which it diverges.")
+def convert(src: Path, dst: Path, nchw_inputs: bool, shapes: tuple[str, ...], check: bool, tolerance: float) -> None:
+    """Convert a model between formats, chosen by suffix (.onnx, .tflite, .eim)."""
     import edgeinfer
 
     _check_suffix(src, "input model")
@@ -212,12 +221,49 @@ def convert(src: Path, dst: Path) -> None:
     if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and dst.samefile(src)):
         raise CliError(f"output '{dst}' is the input file; choose another path")
     graph = _load(src, check_supported=False)
+    shape_of = {name: _parse_shape(s, name) for name, s in _parse_pairs(shapes, "--shape").items()}
+    unknown = sorted(set(shape_of) - set(graph.input_names))
+    if unknown:
+        raise CliError(f"--shape names {', '.join(unknown)}, which the model has no input called; "
+                       f"inputs: {', '.join(graph.input_names)}")
+    report = None
+    if dst.suffix.lower() == ".tflite":
+        symbolic = [v for v in graph.inputs if v.name not in shape_of and v.name not in graph.constants
+                    and (v.shape is None or not all(isinstance(d, int) for d in v.shape))]
+        if symbolic:
+            v = symbolic[0]
+            raise CliError(f"input '{v.name}' has shape {_shape_text(v.shape)}; a TFLite model needs concrete "
+                           f"shapes: give them with --shape {v.name}=DIMS (e.g. 1x3x224x224)")
     with _progress(f"writing {dst.name}"):
-        edgeinfer.save(graph, dst)
+        if dst.suffix.lower() == ".tflite":
+            from edgeinfer.converters.tflite_export import export_tflite
+
+            report = export_tflite(graph, dst, nchw_inputs=nchw_inputs, input_shapes=shape_of or None)
+        else:
+            if nchw_inputs or shape_of:
+                raise CliError("--nchw-inputs and --shape apply to TFLite export (an OUT ending in .tflite)")
+            edgeinfer.save(graph, dst)
     click.echo(
         f"wrote {dst} ({format_bytes(dst.stat().st_size)}) from {src} ({format_bytes(src.stat().st_size)}): "
         f"{sum(1 for _ in graph.walk_nodes())} nodes, {format_count(graph.param_count())} params"
     )
+    if report is not None:
+        ops = ", ".join(f"{k} {v}" for k, v in list(report.op_counts.items())[:8])
+        click.echo(f"TFLite: {sum(report.op_counts.values())} ops ({ops}); {report.transposes} TRANSPOSE; "
+                   f"{report.quantized_ops} int8 ops")
+        for why in report.transpose_reasons:
+            click.echo(f"  transpose: {why}")
+        moved = {k: v for k, v in report.inputs.items() if v != sorted(v)}
+        if moved:
+            click.echo(f"  inputs exposed transposed (exposed = input.transpose(perm)): {moved}")
+    if check:
+        from edgeinfer.converters.check import check_conversion
+
+        with _progress("comparing every shared tensor"):
+            result = check_conversion(src, dst, tolerance=tolerance, input_shapes=shape_of or None)
+        click.echo(result.summary())
+        if result.first_divergence is not None:
+            raise SystemExit(1)
 
 
 # ----------------------------------------------------------------------------- run

@@ -8,7 +8,7 @@ import pytest
 import edgeinfer
 from edgeinfer.graph import Graph, Node, ValueInfo
 
-from converters.layout import compose, inverse, sink_transposes
+from edgeinfer.converters.layout import compose, inverse, sink_transposes
 
 RNG = np.random.default_rng(0)
 NCHW, NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
