@@ -73,6 +73,7 @@ class _Sinker:
         self.shown: set[str] = set()  # pending tensors already materialised under their name
         self.ranks: dict[str, int] = {}
         self._names = set(graph.constants) | set(graph.input_names) | {o for n in graph.nodes for o in n.outputs}
+        self.producers = {o: n for n in graph.nodes for o in n.outputs if o}
 
     # ------------------------------------------------------------------ helpers
     def fresh(self, base: str) -> str:
@@ -102,6 +103,35 @@ class _Sinker:
             else:
                 self.emit(Node("Transpose", (src,), (name,), {"perm": list(perm)}, name=f"{name}_transpose"))
         return name
+
+    def _decoded_constant(self, name: str, perm: Perm) -> str | None:
+        """For a tensor computed from constants by one decode op (DequantizeLinear, QuantizeLinear,
+        Cast: weights and initial states of imported models), the same op on the constant
+        permuted for ``perm``; None for any other tensor."""
+        node = self.producers.get(name)
+        if node is None or node.domain or node.op_type not in ("DequantizeLinear", "QuantizeLinear", "Cast"):
+            return None
+        ins = [self.const(i) if i else None for i in node.inputs]
+        if ins[0] is None or any(v is None for i, v in zip(node.inputs, ins) if i) or len(node.outputs) != 1:
+            return None
+        rank = len(perm)
+        value = ins[0]
+        if value.ndim > rank:
+            return None
+        lead = rank - value.ndim
+        moved = self.fresh(node.inputs[0])
+        self.constants[moved] = np.ascontiguousarray(np.transpose(value.reshape((1,) * lead + value.shape),
+                                                                  inverse(perm)))
+        attrs = dict(node.attrs)
+        if node.op_type != "Cast" and len(ins) > 1 and ins[1] is not None and ins[1].size > 1:
+            if int(attrs.get("block_size", 0) or 0):
+                return None
+            axis = int(attrs.get("axis", 1))
+            axis = (axis + value.ndim if axis < 0 else axis) + lead
+            attrs["axis"] = perm[axis]
+        out = self.fresh(node.outputs[0])
+        self.emit(Node(node.op_type, (moved,) + tuple(node.inputs[1:]), (out,), attrs, name=f"{node.name}_moved"))
+        return out
 
     def const(self, name: str) -> np.ndarray | None:
         return self.constants.get(name) if name else None
@@ -188,7 +218,13 @@ class _Sinker:
                 out.append(self.pending[name][0])
                 continue
             value = self.const(name)
-            if value is None or value.ndim > rank:
+            if value is None:
+                decoded = self._decoded_constant(name, perm)
+                if decoded is None:
+                    return None
+                out.append(decoded)
+                continue
+            if value.ndim > rank:
                 return None
             if value.size == 1 and value.ndim <= rank and node.op_type in _ELEMENTWISE:
                 out.append(name)  # a scalar broadcasts the same in any layout

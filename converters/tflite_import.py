@@ -312,6 +312,9 @@ class _Importer:
         t = self.sg.tensors[index]
         target = self.names[index]
         if self.is_quantized(t):
+            if computed in self.constants and index not in self.sg.outputs:
+                self.constants[target] = self._quantize_constant(self.constants[computed], t)
+                return  # e.g. a variable's initial value: stored quantized, read through DequantizeLinear
             params, attrs = self.quant_inputs(t, target)
             self.add("QuantizeLinear", [computed, *params], attrs, outputs=[target])
             return
@@ -319,6 +322,23 @@ class _Importer:
             self.float_of[index] = computed  # a constant passed on (DENSIFY): readers take it as is
             return
         self._rename(computed, target)
+
+    @staticmethod
+    def _quantize_constant(value: np.ndarray, t: Tensor) -> np.ndarray:
+        """QuantizeLinear of a constant, done here: round half to even, saturate."""
+        q = t.quant
+        scale, zp = q.scale.astype(np.float32), q.zero_point.astype(np.float64)
+        if q.axis is not None and scale.size > 1:
+            shape = [1] * value.ndim
+            shape[q.axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        else:
+            scale, zp = scale.reshape(()), zp.reshape(())
+        info = np.iinfo(_dt.to_numpy(t.dtype))
+        y = np.rint(value.astype(np.float32) / scale) + zp
+        out = np.clip(y, info.min, info.max).astype(_dt.to_numpy(t.dtype))
+        out.flags.writeable = False
+        return out
 
     def _rename(self, old: str, new: str) -> None:
         k = self.producer.get(old)
