@@ -17,8 +17,9 @@ import numpy as np
 from edgeinfer.errors import ExportError
 from edgeinfer.graph import Node
 
-from .tflite_export_ops import (
-    NHWC, NWC, OP, Context, _const_inputs, _last_axis_layout, attrs_of, converts, ident, inv, phys, tfl,
+from .tflite_export_ops import _last_axis_layout
+from .tflite_export_state import (
+    NHWC, NWC, OP, Context, _const_inputs, attrs_of, converts, ident, inv, phys, tfl,
 )
 
 PADDING = tfl.Padding
