@@ -190,3 +190,91 @@ def test_fuzz_mutated_models_import_or_fail_cleanly():
     assert not report["other"], "\n".join(report["other"][:5])
     assert report["ok"] + report["errors"] == 200 * len(jobs)
     assert report["errors"] > 0 and report["slowest"] < 30
+
+
+# ---------------------------------------------------------------------- MediaPipe pooling with indices
+def _pool_argmax_model(h: int, w: int, c: int, k: tuple, s: tuple, padding: int) -> bytes:
+    """A .tflite with MaxPoolingWithArgmax2D -> MaxUnpooling2D (MediaPipe's custom ops), built
+    with LiteRT's schema classes; custom options are TfLitePoolParams."""
+    import struct
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as sc
+
+    def out_size(n, kk, ss):
+        return -(-n // ss) if padding == 1 else (n - kk) // ss + 1
+
+    oh, ow = out_size(h, k[0], s[0]), out_size(w, k[1], s[1])
+    params = list(struct.pack("<10i", padding, s[1], s[0], k[1], k[0], 0, 0, 0, 0, 0))
+    tensors = []
+    for name, shape in [("x", [1, h, w, c]), ("pooled", [1, oh, ow, c]), ("indices", [1, oh, ow, c]),
+                        ("unpooled", [1, h, w, c])]:
+        t = sc.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, shape, sc.TensorType.FLOAT32, 0
+        tensors.append(t)
+    codes = []
+    for name in ("MaxPoolingWithArgmax2D", "MaxUnpooling2D"):
+        oc = sc.OperatorCodeT()
+        oc.builtinCode = oc.deprecatedBuiltinCode = sc.BuiltinOperator.CUSTOM
+        oc.customCode, oc.version = name, 1
+        codes.append(oc)
+    ops = []
+    for code, ins, outs in ((0, [0], [1, 2]), (1, [1, 2], [3])):
+        op = sc.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs, op.customOptions = code, ins, outs, params
+        ops.append(op)
+    sg = sc.SubGraphT()
+    sg.tensors, sg.inputs, sg.outputs, sg.operators, sg.name = tensors, [0], [2, 3], ops, "main"
+    m = sc.ModelT()
+    m.version, m.operatorCodes, m.subgraphs, m.buffers = 3, codes, [sg], [sc.BufferT()]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(m.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _pool_argmax_reference(x: np.ndarray, k: tuple, s: tuple, same: bool):
+    _, h, w, c = x.shape
+    oh = -(-h // s[0]) if same else (h - k[0]) // s[0] + 1
+    ow = -(-w // s[1]) if same else (w - k[1]) // s[1] + 1
+    top = max((oh - 1) * s[0] + k[0] - h, 0) // 2 if same else 0
+    left = max((ow - 1) * s[1] + k[1] - w, 0) // 2 if same else 0
+    idx = np.zeros((1, oh, ow, c), np.float32)
+    unpooled = np.zeros_like(x)
+    for i in range(oh):
+        for j in range(ow):
+            for ch in range(c):
+                best, where = -np.inf, (0, 0)
+                for dy in range(k[0]):
+                    for dx in range(k[1]):
+                        y, xx = i * s[0] - top + dy, j * s[1] - left + dx
+                        if 0 <= y < h and 0 <= xx < w and x[0, y, xx, ch] > best:
+                            best, where = x[0, y, xx, ch], (dy, dx)
+                idx[0, i, j, ch] = where[0] * k[1] + where[1]
+                unpooled[0, i * s[0] - top + where[0], j * s[1] - left + where[1], ch] = best
+    return idx, unpooled
+
+
+@pytest.mark.parametrize("h,w,k,s,padding", [(8, 8, (2, 2), (2, 2), 1), (7, 9, (3, 2), (2, 2), 1),
+                                              (9, 8, (3, 3), (3, 2), 2)])
+def test_mediapipe_pooling_with_indices(tmp_path, h, w, k, s, padding):
+    path = tmp_path / "argmax.tflite"
+    path.write_bytes(_pool_argmax_model(h, w, 3, k, s, padding))
+    graph = edgeinfer.load(path)
+    x = np.random.default_rng(0).standard_normal((1, h, w, 3)).astype(np.float32)
+    got = edgeinfer.Session(graph).run({"x": x})
+    want_idx, want_unpooled = _pool_argmax_reference(x, k, s, padding == 1)
+    np.testing.assert_array_equal(got["indices"], want_idx)
+    np.testing.assert_array_equal(got["unpooled"], want_unpooled)
+
+
+def test_pool_params_are_checked(tmp_path):
+    data = bytearray(_pool_argmax_model(8, 8, 3, (2, 2), (2, 2), 1))
+    params = bytes(np.array([1, 2, 2, 2, 2, 0, 0, 0, 0, 0], "<i4").tobytes())
+    bad = bytes(np.array([1, 0, 2, 2, 2, 0, 0, 0, 0, 0], "<i4").tobytes())  # stride_w = 0
+    at = data.find(params)
+    assert at > 0
+    data[at:at + len(bad)] = bad
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="stride_w"):
+        edgeinfer.load(path)
