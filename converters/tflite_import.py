@@ -40,7 +40,7 @@ from edgeinfer.errors import ModelFormatError, UnsupportedOpError
 from edgeinfer.graph import Graph, Node, ValueInfo
 
 from .layout import sink_transposes
-from .tflite_reader import Operator, Tensor, TFLiteModel, read_tflite
+from .tflite_reader import Tensor, TFLiteModel, read_tflite
 
 # IR opset the imported nodes are written in (the cpu backend's vocabulary)
 IR_ONNX_OPSET = 23
