@@ -33,14 +33,13 @@ tables) and :mod:`.flexbuffers` (:func:`decode_flexbuffer`, for custom options).
 from __future__ import annotations
 
 import math
-import mmap as _mmap
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from edgeinfer._files import read_model_file
 from edgeinfer.errors import MissingDependencyError, ModelFormatError
 
 from .flatbuffer_walker import (
@@ -705,28 +704,8 @@ def read_tflite(source: str | os.PathLike | bytes | bytearray | memoryview, *, n
         return _Reader(data, name or "<bytes>").model()
     path = os.fspath(source)
     label = name or path
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)  # O_NONBLOCK: opening a FIFO must not hang
-    except OSError as e:
-        raise ModelFormatError(f"{label}: cannot open the model file: {e.strerror or e}") from e
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelFormatError(f"{label}: not a regular file (devices, FIFOs and folders are refused)")
-        if info.st_size < 8:  # also: mmap cannot map an empty file
-            raise ModelFormatError(f"{label}: the file is {info.st_size} bytes, too short for a TFLite model")
-        if mmap:
-            data = _mmap.mmap(fd, 0, access=_mmap.ACCESS_READ)
-        else:
-            with open(fd, "rb", buffering=0, closefd=False) as f:
-                data = f.read(info.st_size + 1)
-            if len(data) != info.st_size:
-                raise ModelFormatError(f"{label}: the file changed size while being read")
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{label}: cannot read the model file: {e}") from e
-    finally:
-        os.close(fd)
+    data = read_model_file(path, label, min_size=8, mmap=mmap,
+                           too_short=lambda n: f"the file is {n} bytes, too short for a TFLite model")
     return _Reader(data, label).model()
 
 

@@ -67,11 +67,9 @@ import contextlib
 import functools
 import io
 import json
-import mmap as _mmap
 import os
 import re
 import secrets
-import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -80,6 +78,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import dtypes as _dt
+from ._files import aligned_buffer, read_model_file
 from .errors import EdgeInferError, ExportError, GraphError, ModelFormatError
 from .graph import MAX_SUBGRAPH_DEPTH, Graph, Node, ValueInfo
 
@@ -490,13 +489,6 @@ class _Reader:
         raise self.error(f"{path}.type", f"unknown value type {_quote(kind)}; expected one of {_VALUE_TYPES}")
 
 
-def _aligned_buffer(size: int) -> np.ndarray:
-    """A writable uint8 array of ``size`` bytes whose first byte is 64-byte aligned."""
-    base = np.empty(size + ALIGNMENT, np.uint8)
-    start = -base.ctypes.data % ALIGNMENT
-    return base[start : start + size]
-
-
 def load_eim(path: str | os.PathLike, *, mmap: bool = True) -> Graph:
     """Load an ``.eim`` file into a :class:`Graph`, checking every field first.
 
@@ -526,38 +518,10 @@ def load_eim(path: str | os.PathLike, *, mmap: bool = True) -> Graph:
             graph's semantics are wrong).
     """
     source = os.fspath(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(source, flags)  # O_NONBLOCK: opening a FIFO must not hang
-    except OSError as e:
-        raise ModelFormatError(f"{source}: cannot open the model file: {e.strerror or e}") from e
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ModelFormatError(f"{source}: not a regular file (devices, FIFOs and folders are refused)")
-        if info.st_size < PREFIX_SIZE:  # also: mmap cannot map an empty file
-            raise ModelFormatError(f"{source}: prefix: the file is {info.st_size} bytes, under {PREFIX_SIZE}")
-        if mmap:
-            try:
-                data = np.frombuffer(_mmap.mmap(fd, 0, access=_mmap.ACCESS_READ), np.uint8)
-            except (OSError, ValueError) as e:
-                raise ModelFormatError(f"{source}: cannot memory-map the file ({e}); try mmap=False") from e
-        else:
-            data = _aligned_buffer(info.st_size)
-            with open(fd, "rb", buffering=0, closefd=False) as f, memoryview(data) as view:
-                got = 0
-                while got < data.size:
-                    n = f.readinto(view[got:])
-                    if not n:
-                        raise ModelFormatError(f"{source}: the file shrank to {got} bytes while being read")
-                    got += n
-                if f.read(1):
-                    raise ModelFormatError(f"{source}: the file grew while being read")
-            data.flags.writeable = False
-    except OSError as e:
-        raise ModelFormatError(f"{source}: cannot read the model file: {e.strerror or e}") from e
-    finally:
-        os.close(fd)
+    data = read_model_file(source, source, min_size=PREFIX_SIZE, mmap=mmap, aligned=True,
+                           too_short=lambda n: f"prefix: the file is {n} bytes, under {PREFIX_SIZE}")
+    if not isinstance(data, np.ndarray):
+        data = np.frombuffer(data, np.uint8)
     return _Reader(source, data).parse()
 
 
@@ -568,7 +532,7 @@ def loads_eim(buffer: bytes | bytearray | memoryview, source: str = "<bytes>") -
         ModelFormatError: as :func:`load_eim`, naming ``source``.
     """
     raw = np.frombuffer(buffer, np.uint8)
-    data = _aligned_buffer(raw.size)
+    data = aligned_buffer(raw.size)
     data[:] = raw
     data.flags.writeable = False
     return _Reader(source, data).parse()

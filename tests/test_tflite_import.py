@@ -132,40 +132,21 @@ def test_truncated_file_is_a_format_error(tmp_path):
 _FUZZ_IMPORT = textwrap.dedent("""
     import json, resource, sys, time, traceback
     resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    sys.path.insert(0, sys.argv[2])
     import numpy as np
     from edgeinfer.errors import EdgeInferError
-    from edgeinfer.converters import tflite_reader as tr
     from edgeinfer.converters.tflite_import import import_tflite
+    from tflite_fuzz import mutate, structure_positions
     report = {"ok": 0, "errors": 0, "other": [], "slowest": 0.0}
     for path, seed, count in json.loads(sys.argv[1]):
         good = open(path, "rb").read()
-        reader = tr._Reader(good, path)
-        reader.model()
-        weights = np.zeros(len(good), bool)  # mutate mostly tables, vectors and strings
-        for start, length, _ in reader.buffers:
-            weights[start:start + length] = True
-        structure = np.flatnonzero(~weights)
+        structure = structure_positions(good, path)
         rng = np.random.default_rng(seed)
         for i in range(count):
-            data = bytearray(good)
-            for _ in range(int(rng.integers(1, 4))):
-                kind = rng.integers(4)
-                at = int(rng.integers(len(data))) if rng.random() < 0.2 else int(rng.choice(structure))
-                at = min(at, max(len(data) - 1, 0))
-                if kind == 0 and data:
-                    data[at] ^= 1 << int(rng.integers(8))
-                elif kind == 1 and len(data) >= 4:
-                    at = min(at // 4 * 4, len(data) - 4)
-                    word = int(rng.choice([0, 1, 2, 3, 0xFFFFFFFF, 0x7FFFFFFF, int(rng.integers(2**32)),
-                                           int(rng.integers(64))]))
-                    data[at:at + 4] = word.to_bytes(4, "little")
-                elif kind == 2 and rng.random() < 0.3:
-                    data = data[:at]
-                else:
-                    data[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8))
+            data = mutate(good, structure, rng, edits=4)
             start = time.perf_counter()
             try:
-                graph = import_tflite(bytes(data))
+                graph = import_tflite(data)
                 graph.validate()
                 report["ok"] += 1
             except EdgeInferError:
@@ -177,13 +158,15 @@ _FUZZ_IMPORT = textwrap.dedent("""
 """)
 
 
+
 def test_fuzz_mutated_models_import_or_fail_cleanly():
     """200 mutated or truncated copies of each test model go through the whole import in a
     subprocess (memory-limited): each is a valid graph or an EdgeInferError, never a crash."""
     jobs = [[str(models.tflite_model_path(n)), 7000 + i, 200] for i, n in enumerate(sorted(models.TFLITE_MODELS))]
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", _FUZZ_IMPORT, json.dumps(jobs)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _FUZZ_IMPORT, json.dumps(jobs), str(root / "tests")],
+                          capture_output=True, text=True,
                           timeout=900, cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -862,40 +862,21 @@ def test_int4_and_bool_constants():
 _FUZZ = textwrap.dedent("""
     import json, resource, sys, time, traceback
     resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    sys.path.insert(0, sys.argv[2])
     import numpy as np
     from edgeinfer.errors import ModelFormatError
     from edgeinfer.converters import tflite_reader as tr
+    from tflite_fuzz import mutate, structure_positions
     report = {"ok": 0, "format_errors": 0, "other": [], "slowest": 0.0}
     for path, seed, count in json.loads(sys.argv[1]):
         good = open(path, "rb").read()
-        reader = tr._Reader(good, path)
-        reader.model()
-        # bytes outside the weight buffers: the tables, vectors and strings worth mutating
-        weights = np.zeros(len(good), bool)
-        for start, length, _ in reader.buffers:
-            weights[start:start + length] = True
-        structure = np.flatnonzero(~weights)
+        structure = structure_positions(good, path)
         rng = np.random.default_rng(seed)
         for i in range(count):
-            data = bytearray(good)
-            for _ in range(int(rng.integers(1, 5))):
-                kind = rng.integers(4)
-                at = int(rng.integers(len(data))) if rng.random() < 0.2 else int(rng.choice(structure))
-                at = min(at, max(len(data) - 1, 0))
-                if kind == 0 and data:
-                    data[at] ^= 1 << int(rng.integers(8))
-                elif kind == 1 and len(data) >= 4:
-                    at = min(at // 4 * 4, len(data) - 4)
-                    word = int(rng.choice([0, 1, 0xFFFFFFFF, 0x7FFFFFFF, 0x80000000, int(rng.integers(2**32)),
-                                           int(rng.integers(4096))]))
-                    data[at:at + 4] = word.to_bytes(4, "little")
-                elif kind == 2 and rng.random() < 0.3:
-                    data = data[:at]
-                else:
-                    data[at:at] = bytes(rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8))
+            data = mutate(good, structure, rng)
             start = time.perf_counter()
             try:
-                tr.read_tflite(bytes(data), name="fuzz.tflite")
+                tr.read_tflite(data, name="fuzz.tflite")
                 report["ok"] += 1
             except ModelFormatError:
                 report["format_errors"] += 1
@@ -904,6 +885,7 @@ _FUZZ = textwrap.dedent("""
             report["slowest"] = max(report["slowest"], time.perf_counter() - start)
     print(json.dumps(report))
 """)
+
 
 
 def test_fuzz_mutated_models_in_a_subprocess(real_models):
@@ -919,7 +901,8 @@ def test_fuzz_mutated_models_in_a_subprocess(real_models):
         picked[7:] = [sparse[0]]
     jobs = [[str(p), 1000 + i, 200] for i, p in enumerate(picked)]
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", _FUZZ, json.dumps(jobs)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _FUZZ, json.dumps(jobs), str(Path(__file__).parent)],
+                          capture_output=True, text=True,
                           timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

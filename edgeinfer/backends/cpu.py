@@ -436,25 +436,16 @@ class CpuExecutable:
         return self.plan.graph
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            inst = self._pool.get_nowait()
-        except queue.Empty:
-            inst = self._new_instance()
-        saved = None
-        try:
-            if self._blas is not None:
-                saved = _set_blas_threads(self._blas, self.threads)
-            return inst.run(feeds)
-        finally:
-            if saved is not None:
-                for lib, n in zip(self._blas, saved):
-                    lib.set_num_threads(n)
-            self._pool.put(inst)
+        return self._on_instance(_Instance.run, feeds)
 
     def run_list(self, values: list) -> list:
         """Run with the inputs as a list in ``plan.input_slots`` order; the outputs come back
         as a list in ``plan.output_slots`` order. For callers that run a plan many times
         (subgraphs), without building a dict each way."""
+        return self._on_instance(_Instance.run_list, values)
+
+    def _on_instance(self, method, arg):
+        """``method(instance, arg)`` on a free instance, with this session's BLAS threads."""
         try:
             inst = self._pool.get_nowait()
         except queue.Empty:
@@ -463,7 +454,7 @@ class CpuExecutable:
         try:
             if self._blas is not None:
                 saved = _set_blas_threads(self._blas, self.threads)
-            return inst.run_list(values)
+            return method(inst, arg)
         finally:
             if saved is not None:
                 for lib, n in zip(self._blas, saved):
