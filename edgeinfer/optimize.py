@@ -181,7 +181,8 @@ def fuse_activation_patterns(graph: Graph, types: dict[str, TensorType]) -> Grap
     idx = index_of(graph)
     ed = Edits(graph)
     for node in graph.nodes:
-        if not ed.free(node) or node.domain:
+        # every spelling ends in a Mul or a Div (the matchers check the rest)
+        if node.op_type not in ("Mul", "Div") or node.domain or not ed.free(node):
             continue
         for match in (_match_hard_swish, _match_hard_sigmoid, _match_silu, _match_gelu_erf, _match_gelu_tanh,
                       _match_layer_norm):
