@@ -38,8 +38,8 @@ import numpy as np
 
 from ..errors import KernelError
 from ..graph import TensorType
-from .conv_methods import (METHODS, ConvPlan, channels_last, phase_grid, pointwise_channels_last, pointwise_shapes,
-                           prepare_weight, run_depthwise_nhwc)
+from .conv_methods import (METHODS, ConvPlan, channels_last, phase_columns, phase_grid, pointwise_channels_last,
+                           pointwise_shapes, prepare_weight, run_depthwise_nhwc)
 from .registry import OpContext, kernel, shape_rule, writes_out
 from .window import AUTO_PADS, Window, int_list, pad_spatial, padded_shape  # noqa: F401  (re-exported)
 from .workspace import scratch, scratch_views  # noqa: F401  (re-exported)
@@ -201,9 +201,13 @@ def conv_transpose_shape(ctx: OpContext, **attrs):
 # ------------------------------------------------------------------------------ kernels
 # Per-tap GEMMs beat one im2col GEMM when the contraction (input channels) is long enough for
 # BLAS, at least the output channels (the per-tap sums then move less than the columns would),
-# and the image is large (measured on 3x3 convs, 16..512 channels, 7..160 pixels).
+# and the image is large (measured on 3x3 convs, 16..512 channels, 7..160 pixels); with at
+# least twice as many input as output channels they win at any size, the im2col columns then
+# outweighing the per-tap sums (measured, one thread: 128->32 at 14x14 30% and at 7x7 23%
+# faster, 192->64 at 28x28 5%, 256->96 at 40x40 10%; 128->128 at 28x28 5% slower).
 _TAP_GEMM_MIN_CHANNELS = 32
 _TAP_GEMM_MIN_PIXELS = 2048
+_TAP_GEMM_NARROWING = 2
 # With fewer output channels than this, large images stack the taps into one GEMM per block
 # of conv_methods._STACKED_BLOCK padded pixels (measured: 96->24 channels at 160x160, 30% faster).
 _STACKED_MAX_CHANNELS = 32
@@ -228,8 +232,9 @@ def _choose_method(x_shape, w_shape, win: Window, group: int, outs, begins, ends
         if depthwise_channels_last_ok(x_shape, w_shape, win, group) and int(np.prod(x_shape[2:])) <= _NHWC_MAX_PIXELS:
             return "depthwise_nhwc"
         return "depthwise_phased"
-    if (stride1 and group == 1 and x_shape[1] >= max(_TAP_GEMM_MIN_CHANNELS, w_shape[0])
-            and int(np.prod(outs)) >= _TAP_GEMM_MIN_PIXELS):
+    c, m = x_shape[1], w_shape[0]
+    if stride1 and group == 1 and c >= max(_TAP_GEMM_MIN_CHANNELS, m) and (
+            c >= _TAP_GEMM_NARROWING * m or int(np.prod(outs)) >= _TAP_GEMM_MIN_PIXELS):
         if w_shape[0] < _STACKED_MAX_CHANNELS and int(np.prod(outs)) >= _STACKED_MIN_PIXELS:
             return "tap_stacked"
         return "tap_gemm"
@@ -262,10 +267,13 @@ def build_conv(ctx: OpContext, attrs: dict, activation: Callable | None = None) 
         outs, begins, ends = win.resolve(tuple(x_shape[2:]), fail)
         out_shape = (x_shape[0], w_shape[0]) + outs
         method = _choose_method(x_shape, w_shape, win, group, outs, begins, ends)
-        phased = method in ("depthwise_phased", "tap_gemm", "tap_stacked")
+        strided_im2col = method == "im2col" and any(s > 1 for s in win.strides)
+        phased = method in ("depthwise_phased", "tap_gemm", "tap_stacked") or strided_im2col
         flat = phase_grid(win, tuple(x_shape[2:]), outs, begins) if phased else None
         nhwc = channels_last(win, tuple(x_shape[2:]), outs, begins, x_shape[1]) if method == "depthwise_nhwc" else None
         plan = ConvPlan(method, out_shape, begins, ends, win, group, flat, nhwc)
+        if strided_im2col:
+            plan.columns = phase_columns(win, flat, x_shape[1] // group)
         if method == "pointwise":
             plan.subsample, plan.gemm_shapes = pointwise_shapes(x_shape, out_shape, win, group)
         return plan
