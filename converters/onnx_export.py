@@ -302,6 +302,8 @@ def _type_proto(dtype: str, shape, where: str):
 
 
 def _value_info(v: ValueInfo):
+    if v.dtype == "undefined":  # a subgraph value whose type the source left to inference
+        return onnx.ValueInfoProto(name=v.name)
     if _dt.is_tensor(v.dtype):
         shape = None if v.shape is None else [d for d in v.shape]
         return onnx.helper.make_tensor_value_info(v.name, onnx_dtype(v.dtype, f"tensor '{v.name}'"), shape)

@@ -23,6 +23,8 @@ from ..errors import BackendUnavailableError
 _REGISTRY: dict[str, str] = {
     "cpu": "edgeinfer.backends.cpu",
     "litert": "edgeinfer.backends.litert",
+    "ort": "edgeinfer.backends.ort",
+    "openvino": "edgeinfer.backends.openvino",
 }
 
 
