@@ -208,6 +208,8 @@ def conv_transpose_shape(ctx: OpContext, **attrs):
 _TAP_GEMM_MIN_CHANNELS = 32
 _TAP_GEMM_MIN_PIXELS = 2048
 _TAP_GEMM_NARROWING = 2
+_PHASE_COLUMNS_MAX_STRIDE = 4
+_PHASE_COLUMNS_MIN_PIXELS = 16384
 # With fewer output channels than this, large images stack the taps into one GEMM per block
 # of conv_methods._STACKED_BLOCK padded pixels (measured: 96->24 channels at 160x160, 30% faster).
 _STACKED_MAX_CHANNELS = 32
@@ -267,7 +269,12 @@ def build_conv(ctx: OpContext, attrs: dict, activation: Callable | None = None) 
         outs, begins, ends = win.resolve(tuple(x_shape[2:]), fail)
         out_shape = (x_shape[0], w_shape[0]) + outs
         method = _choose_method(x_shape, w_shape, win, group, outs, begins, ends)
-        strided_im2col = method == "im2col" and any(s > 1 for s in win.strides)
+        # reading columns from the stride phases pays off for small strides on large maps
+        # (stems); a long stride (an STFT's hop as a 1-D conv) would make as many phases as
+        # taps, and on small maps the phase split costs more than the strided reads (measured)
+        strided_im2col = (method == "im2col" and any(s > 1 for s in win.strides)
+                          and max(win.strides) <= _PHASE_COLUMNS_MAX_STRIDE
+                          and int(np.prod(outs)) >= _PHASE_COLUMNS_MIN_PIXELS)
         phased = method in ("depthwise_phased", "tap_gemm", "tap_stacked") or strided_im2col
         flat = phase_grid(win, tuple(x_shape[2:]), outs, begins) if phased else None
         nhwc = channels_last(win, tuple(x_shape[2:]), outs, begins, x_shape[1]) if method == "depthwise_nhwc" else None
