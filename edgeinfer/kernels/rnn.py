@@ -150,6 +150,7 @@ class _Spec:
     clip: float | None
     acts: tuple[tuple[Activation, ...], ...]  # [direction][function]
     shared: tuple[bool, ...]  # per function: the same in every direction
+    standard: bool = False  # the op's default functions in every direction, no clip
 
     @property
     def num_dirs(self) -> int:
@@ -213,8 +214,10 @@ def _spec(ctx: OpContext, op: _Op, attrs: dict) -> _Spec:
     per_dir = [keys[d * n:(d + 1) * n] for d in range(nd)]
     acts = tuple(tuple(_ACTIVATIONS[k][2](a, b) for k, a, b in fns) for fns in per_dir)
     shared = tuple(all(per_dir[d][k] == per_dir[0][k] for d in range(nd)) for k in range(n))
+    default = tuple(a.lower() for a in op.default_activations)
+    standard = clip is None and all(tuple(k for k, _, _ in fns) == default for fns in per_dir)
     return _Spec(reverse, layout, None if hidden is None else int(hidden),
-                 None if clip is None else float(clip), acts, shared)
+                 None if clip is None else float(clip), acts, shared, standard)
 
 
 # -------------------------------------------------------------------------- shapes
@@ -558,6 +561,30 @@ def gru(ctx: OpContext, linear_before_reset: int, **attrs):
 
 
 # ------------------------------------------------------------------------------ LSTM
+def _lstm_steps(frame: _Frame, rt: np.ndarray, h: np.ndarray, c: np.ndarray, hid: int) -> None:
+    """The time loop of the common LSTM (sigmoid/tanh/tanh, no peepholes, clip, coupling or
+    sequence lengths), updating the states ``h`` and ``c`` (fresh arrays) in place: one gate
+    buffer whose four views are taken once, and no temporaries (a small model's LSTM is
+    mostly per-call overhead)."""
+    gates = np.empty(h.shape[:-1] + (4 * hid,), h.dtype)
+    i_g, o_g, f_g, c_g = (gates[..., k * hid:(k + 1) * hid] for k in range(4))
+    iof = gates[..., :3 * hid]
+    tanh_c = np.empty_like(c)
+    xw, y = frame.xw, frame.y
+    for s in range(frame.steps):
+        np.matmul(h, rt, out=gates)
+        gates += xw[s]
+        _sigmoid(iof)
+        np.tanh(c_g, out=c_g)
+        c *= f_g
+        c_g *= i_g
+        c += c_g
+        np.tanh(c, out=tanh_c)
+        np.multiply(tanh_c, o_g, out=h)
+        if y is not None:
+            y[s] = h
+
+
 @kernel("LSTM", attrs=dict(_COMMON_ATTRS, input_forget=0))
 def lstm(ctx: OpContext, input_forget: int, **attrs):
     op, spec, work = _OPS["LSTM"], _spec(ctx, _OPS["LSTM"], attrs), _work_dtype(ctx)
@@ -575,6 +602,9 @@ def lstm(ctx: OpContext, input_forget: int, **attrs):
         if p is not None:
             p_i, p_o, p_f = (p[:, None, k * hid:(k + 1) * hid] for k in range(3))
         h, c = frame.states
+        if p is None and not couple and frame.mask is None and spec.standard:
+            _lstm_steps(frame, rt, h, c, hid)
+            return _outputs(ctx, spec, frame, [h, c])
         for s in range(frame.steps):
             g = frame.xw[s]
             g += h @ rt
