@@ -127,12 +127,86 @@ def test_strided_im2col_columns_cover_every_tap_once():
 @pytest.mark.parametrize("x_shape,w_shape,method", [
     ((1, 128, 14, 14), (32, 128, 3, 3), "tap_gemm"),  # narrowing: per-tap GEMMs at any size
     ((1, 128, 7, 7), (32, 128, 3, 3), "tap_gemm"),
-    ((1, 128, 28, 28), (128, 128, 3, 3), "im2col"),  # as many outputs as inputs on a small map
+    ((1, 96, 28, 28), (96, 96, 3, 3), "im2col"),  # as many outputs as inputs on a small map
     ((1, 3, 224, 224), (64, 3, 7, 7), "im2col"),  # strided: im2col over the stride phases
 ])
 def test_method_choice(x_shape, w_shape, method):
     from edgeinfer.kernels.window import Window
 
     win = Window(tuple(w_shape[2:]), (1, 1) if w_shape[1] > 3 else (2, 2), (1, 1), (1, 1, 1, 1))
+    outs, begins, ends = win.resolve(tuple(x_shape[2:]), ValueError)
+    assert conv_module._choose_method(x_shape, w_shape, win, 1, outs, begins, ends) == method
+
+
+# ---------------------------------------------------------------------------------- winograd
+def _forced_winograd(monkeypatch, x, w, pads, inputs=(), attrs=None, op="Conv", domain=""):
+    """Run Conv/FusedConv with the Winograd method forced; returns the output."""
+    monkeypatch.setattr(conv_module, "_choose_method", lambda *a: "winograd")
+    all_inputs = [x, w] + list(inputs)
+    full = {"pads": list(pads), **(attrs or {})}
+    (y,) = run_edgeinfer(op, all_inputs, full, const_inputs=tuple(range(1, len(all_inputs))), domain=domain)
+    return y
+
+
+def _close(y, want, rtol):
+    assert y.shape == want.shape
+    scale = max(1.0, float(np.abs(want).max()))
+    err = float(np.abs(y.astype(np.float64) - want).max()) / scale
+    assert err <= rtol, f"relative error {err:.1e} > {rtol:.0e}"
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 2), (2, 3), (3, 3), (4, 5), (5, 4), (6, 7), (7, 9), (8, 8), (9, 6)])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (0, 0, 2, 2), (2, 1, 0, 2)])
+def test_winograd_odd_sizes_and_pads(monkeypatch, h, w, pads):
+    x, wt = rand(1, 3, h, w), rand(5, 3, 3, 3, seed=1)
+    if h + pads[0] + pads[2] < 3 or w + pads[1] + pads[3] < 3:
+        pytest.skip("the kernel does not fit")
+    _close(_forced_winograd(monkeypatch, x, wt, pads), reference_conv(x, wt, (1, 1), pads, (1, 1), 1), 1e-5)
+
+
+@pytest.mark.parametrize("x_shape,m,pads", [
+    ((2, 64, 29, 31), 64, (1, 1, 1, 1)),  # batch 2, odd sizes, several bands
+    ((1, 1, 9, 9), 1, (0, 0, 0, 0)),  # one channel, no padding
+    ((2, 3, 17, 8), 7, (1, 2, 1, 0)),
+    ((1, 128, 60, 58), 160, (1, 1, 1, 1)),  # large: many bands of tile rows
+])
+def test_winograd_channels_batch_and_large_maps(monkeypatch, x_shape, m, pads):
+    x, wt = rand(*x_shape), rand(m, x_shape[1], 3, 3, seed=1)
+    _close(_forced_winograd(monkeypatch, x, wt, pads), reference_conv(x, wt, (1, 1), pads, (1, 1), 1), 1e-5)
+
+
+def test_winograd_float64_and_auto_pad(monkeypatch):
+    x, wt = rand(2, 6, 11, 10).astype(np.float64), rand(4, 6, 3, 3, seed=1).astype(np.float64)
+    y = _forced_winograd(monkeypatch, x, wt, (0, 0, 0, 0), attrs={"auto_pad": "SAME_UPPER"})
+    assert y.dtype == np.float64
+    _close(y, reference_conv(x, wt, (1, 1), (1, 1, 1, 1), (1, 1), 1), 1e-12)
+    x16 = rand(1, 5, 7, 6).astype(np.float16)
+    y16 = _forced_winograd(monkeypatch, x16, rand(3, 5, 3, 3, seed=2).astype(np.float16), (1, 1, 1, 1))
+    assert y16.dtype == np.float16
+
+
+@pytest.mark.parametrize("x_shape,m", [((1, 3, 7, 9), 5), ((2, 64, 16, 15), 32)])
+def test_winograd_fused_epilogue(monkeypatch, x_shape, m):
+    """Bias, residual and activation after the Winograd output transform (FusedConv)."""
+    x, wt = rand(*x_shape), rand(m, x_shape[1], 3, 3, seed=1)
+    b = rand(m, seed=2)
+    z = rand(x_shape[0], m, *x_shape[2:], seed=3)
+    pads = (1, 1, 1, 1)
+    y = _forced_winograd(monkeypatch, x, wt, pads, inputs=[b, z], attrs={"activation": "Relu"}, op="FusedConv",
+                         domain="edgeinfer")
+    want = np.maximum(reference_conv(x, wt, (1, 1), pads, (1, 1), 1) + b.reshape(1, -1, 1, 1) + z, 0)
+    _close(y, want, 1e-5)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,method", [
+    ((1, 256, 14, 14), (256, 256, 3, 3), "winograd"),
+    ((1, 128, 56, 56), (256, 128, 3, 3), "winograd"),
+    ((1, 512, 7, 7), (512, 512, 3, 3), "im2col"),  # too small a map: the transforms dominate
+    ((1, 64, 56, 56), (64, 64, 3, 3), "tap_gemm"),  # too few channels for the short GEMMs
+])
+def test_winograd_choice(x_shape, w_shape, method):
+    from edgeinfer.kernels.window import Window
+
+    win = Window((3, 3), (1, 1), (1, 1), (1, 1, 1, 1))
     outs, begins, ends = win.resolve(tuple(x_shape[2:]), ValueError)
     assert conv_module._choose_method(x_shape, w_shape, win, 1, outs, begins, ends) == method

@@ -40,6 +40,7 @@ from ..errors import KernelError
 from ..graph import TensorType
 from .conv_methods import (METHODS, ConvPlan, channels_last, phase_columns, phase_grid, pointwise_channels_last,
                            pointwise_shapes, prepare_weight, run_depthwise_nhwc)
+from .winograd import plan_winograd, winograd_ok
 from .registry import OpContext, kernel, shape_rule, writes_out
 from .window import AUTO_PADS, Window, int_list, pad_spatial, padded_shape  # noqa: F401  (re-exported)
 from .workspace import scratch, scratch_views  # noqa: F401  (re-exported)
@@ -218,12 +219,25 @@ _STACKED_MIN_PIXELS = 8192
 # image outgrows the cache (large images with few channels); beyond this many input pixels
 # the NCHW phased method wins (measured: 56x56 even, 160x160 3x slower).
 _NHWC_MAX_PIXELS = 4096
+# Winograd F(2x2, 3x3) (:mod:`.winograd`) does 2.25x fewer multiply-adds but its transforms
+# are memory passes and its GEMMs are 16 short ones (K = C): it wins with at least this many
+# input and output channels on maps of at least this many rows and columns (measured, one
+# thread, against the method chosen otherwise: 256->256 at 14x14 0.72, 512->512 at 28x28
+# 0.77, 128->256 at 56x56 0.82, 128->128 at 28x28 0.95 and at 20x20 0.85, 192->192 at 13x13
+# 0.93; 64->64 at 40..80 1.03-1.18, 64->192 at 56x56 0.96, 96->96 at 26..52 1.09-1.17,
+# 512->512 at 7x7 1.23, 128->32 at 56x56 1.34 against tap_gemm).
+_WINOGRAD_MIN_CHANNELS = 128
+_WINOGRAD_MIN_SIDE = 12
 
 
 def depthwise_channels_last_ok(x_shape, w_shape, win: Window, group: int) -> bool:
     """Whether the channels-last depthwise method can run this conv (any image size)."""
     return (group > 1 and group == x_shape[1] == w_shape[0] and win.n == 2
             and (all(s == 1 for s in win.strides) or all(d == 1 for d in win.dilations)))
+
+
+def _winograd_wins(c: int, m: int, outs) -> bool:
+    return min(c, m) >= _WINOGRAD_MIN_CHANNELS and min(outs) >= _WINOGRAD_MIN_SIDE
 
 
 def _choose_method(x_shape, w_shape, win: Window, group: int, outs, begins, ends) -> str:
@@ -235,6 +249,8 @@ def _choose_method(x_shape, w_shape, win: Window, group: int, outs, begins, ends
             return "depthwise_nhwc"
         return "depthwise_phased"
     c, m = x_shape[1], w_shape[0]
+    if winograd_ok(x_shape, w_shape, win, group) and _winograd_wins(c, m, outs):
+        return "winograd"
     if stride1 and group == 1 and c >= max(_TAP_GEMM_MIN_CHANNELS, m) and (
             c >= _TAP_GEMM_NARROWING * m or int(np.prod(outs)) >= _TAP_GEMM_MIN_PIXELS):
         if w_shape[0] < _STACKED_MAX_CHANNELS and int(np.prod(outs)) >= _STACKED_MIN_PIXELS:
@@ -279,6 +295,8 @@ def build_conv(ctx: OpContext, attrs: dict, activation: Callable | None = None) 
         flat = phase_grid(win, tuple(x_shape[2:]), outs, begins) if phased else None
         nhwc = channels_last(win, tuple(x_shape[2:]), outs, begins, x_shape[1]) if method == "depthwise_nhwc" else None
         plan = ConvPlan(method, out_shape, begins, ends, win, group, flat, nhwc)
+        if method == "winograd":
+            plan.winograd = plan_winograd(x_shape, w_shape, outs, begins)
         if strided_im2col:
             plan.columns = phase_columns(win, flat, x_shape[1] // group)
         if method == "pointwise":

@@ -7,7 +7,8 @@ the weight laid out for it once (:func:`prepare_weight`), and its runner (:data:
 * ``depthwise_nhwc`` (:func:`run_depthwise_nhwc`, geometry from :func:`channels_last`);
 * ``depthwise_phased``, ``tap_gemm`` and ``tap_stacked`` on the stride-phase layout
   (:func:`phase_grid`, :func:`_to_phases`);
-* ``im2col`` (:func:`_run_im2col`).
+* ``im2col`` (:func:`_run_im2col`);
+* ``winograd``: F(2x2, 3x3) in bands of tile rows (:mod:`.winograd`).
 
 Which method a conv gets is decided in :mod:`.conv` (``_choose_method``). Temporaries come
 from the per-thread workspace (:mod:`.workspace`).
@@ -24,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .window import Window, padded_shape
+from .winograd import WinogradGeometry, prepare_winograd_weight, run_winograd
 from .workspace import scratch, scratch_views
 
 
@@ -93,6 +95,8 @@ class ConvPlan:
     out_nhwc: bool = False
     # strided im2col: the column blocks copied from the stride phases (:func:`phase_columns`)
     columns: "_PhaseColumns | None" = None
+    # winograd: tiles and bands (:func:`.winograd.plan_winograd`)
+    winograd: WinogradGeometry | None = None
 
 
 @dataclass
@@ -304,6 +308,8 @@ def prepare_weight(plan: "ConvPlan", w: np.ndarray, dtype):
         return wt.reshape(taps, c, m // c, 1)
     if method == "tap_gemm":
         return np.ascontiguousarray(w.reshape(m, w.shape[1], taps).transpose(2, 0, 1))
+    if method == "winograd":
+        return prepare_winograd_weight(w, dtype)
     if method == "tap_stacked":  # (taps * M, C), tap-major rows
         return np.ascontiguousarray(w.reshape(m, w.shape[1], taps).transpose(2, 0, 1).reshape(taps * m, -1))
     if plan.columns is not None:  # strided im2col: columns in phase-block order
@@ -588,6 +594,7 @@ METHODS = {
     "tap_gemm": _run_tap_gemm,
     "tap_stacked": _run_tap_stacked,
     "im2col": _run_im2col,
+    "winograd": run_winograd,
 }
 
 
