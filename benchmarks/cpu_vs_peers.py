@@ -8,7 +8,7 @@ What is measured, per model:
   the median per runtime, and the max abs difference of the outputs from ORT's;
 * load time, in fresh subprocesses after the runtime's imports: edgeinfer ``load(.eim)`` +
   ``Session``, ORT ``InferenceSession`` creation, OpenVINO ``read_model`` + ``compile_model``
-  (median of 3 processes, 1 with ``--quick``), plus the first run, which is where edgeinfer
+  (median of 5 processes per runtime, interleaved across runtimes; 1 with ``--quick``), plus the first run, which is where edgeinfer
   compiles its plan when the model's input shape is symbolic, and the import time;
 * peak RSS (VmHWM) of each runtime in its own subprocess after a few runs, with the RSS after
   imports alongside.
@@ -178,6 +178,7 @@ def child_main(kind: str, model: str, feeds_path: str, runs: int) -> None:
         import edgeinfer
         import edgeinfer.backends.cpu  # noqa: F401
         import edgeinfer.format  # noqa: F401
+        import edgeinfer.backends.cpu  # noqa: F401  (as "import onnxruntime" loads ORT's runtime)
         import edgeinfer.optimize  # noqa: F401
         from edgeinfer.kernels.registry import supported_ops
 
@@ -264,8 +265,13 @@ def measure(name: str, kinds: list[str], runs: int, warmup: int, load_repeats: i
     del runners, outputs
     feeds_path = workdir / f"{name}_feeds.npz"
     np.savez(feeds_path, **feeds)
+    # fresh processes, interleaved: the machine's memory state hits every runtime alike
+    by_kind: dict[str, list[dict]] = {k: [] for k in kinds}
+    for _ in range(load_repeats):
+        for k in kinds:
+            by_kind[k].append(in_child(k, eim if k == "cpu" else path, feeds_path, 3))
     for k in kinds:
-        loads = [in_child(k, eim if k == "cpu" else path, feeds_path, 3) for _ in range(load_repeats)]
+        loads = by_kind[k]
         good = [d for d in loads if "error" not in d]
         if not good:
             row[f"{k}_child_error"] = loads[0]["error"]
@@ -388,7 +394,7 @@ def main() -> None:
         return
     runs = args.runs or (5 if args.quick else 15)
     warmup = 1 if args.quick else 3
-    load_repeats = 1 if args.quick else 3
+    load_repeats = 1 if args.quick else 5
     versions = available_runtimes()
     kinds = [k for k in args.runtimes.split(",") if k in versions]
     missing = [k for k in args.runtimes.split(",") if k not in versions]

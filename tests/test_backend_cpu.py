@@ -152,3 +152,38 @@ def test_kernel_failure_names_the_node():
     )
     with pytest.raises(KernelError, match="pick"):
         Session(g).run({"x": np.zeros(3, np.float32), "i": np.array([7], np.int64)})
+
+
+def test_compile_restores_numpys_huge_page_setting_even_across_threads():
+    """Compiling allocates its constants with small pages; numpy's own setting comes back after,
+    also when compiles overlap in several threads or one fails."""
+    import threading
+
+    switch = cpu._hugepage_switch()
+    if switch is None:
+        pytest.skip("this numpy has no huge-page switch")
+    before = switch(True)
+    try:
+        seen = []
+        g = Graph(inputs=[ValueInfo("x", "float32", (2,))], outputs=[ValueInfo("y", "float32", None)],
+                  nodes=[Node("Relu", ["x"], ["y"])])
+
+        def work():
+            with cpu._small_pages():
+                seen.append(switch(False))  # reads the setting inside: small pages
+                cpu.compile(g, {"x": (2,)})
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen == [False] * 6
+        with pytest.raises(KernelError):
+            Session(Graph(inputs=[ValueInfo("x", "float32", (3,)), ValueInfo("i", "int64", (1,))],
+                          outputs=[ValueInfo("y", "float32", None)],
+                          nodes=[Node("Gather", ["x", "i"], ["y"], {"axis": 0})])
+                    ).run({"x": np.zeros(3, np.float32), "i": np.array([7], np.int64)})
+        assert switch(True) is True  # restored to what it was before any compile
+    finally:
+        switch(before)
