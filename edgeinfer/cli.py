@@ -460,6 +460,105 @@ def _print_profile(report: dict, top: int) -> None:
         click.echo(f"  {e['total_ms'] / runs:9.3f}  {100 * e['share']:5.1f}%  {op} x{e['nodes']}")
 
 
+# ------------------------------------------------------------------------ bench
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--backend", "-b", "backend", default="all", show_default=True,
+              help="'all' (every backend but auto) or names: cpu,ort,openvino,litert,gpu,auto.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads per backend (default: each one's own).")
+@click.option("--runs", "-n", type=click.IntRange(min=1), default=None, help="Timed runs per backend.")
+@click.option("--min-seconds", "-t", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Keep going until every backend has spent this long in timed runs (default 1 s and >= 10 "
+                   "runs when --runs is not given).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed runs first.")
+@click.option("--batch", type=click.IntRange(min=1), default=None, help="Value of a symbolic first (batch) dim.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224", help="Shape of a synthetic input.")
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="An .npz of inputs by name (the others are synthetic).")
+@click.option("--option", "-o", "backend_options", multiple=True, metavar="BACKEND.KEY=VALUE",
+              help="A backend option, e.g. openvino.precision=bf16 (VALUE read as JSON when it parses).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic inputs.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the report as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False), help="Write one CSV row per result.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a PNG box plot of the latencies (needs matplotlib).")
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a self-contained HTML report (with the cpu backend's per-layer profile).")
+@click.option("--no-profile", is_flag=True, help="Skip the cpu backend's per-layer profile.")
+def bench(models, backend: str, threads, runs, min_seconds, warmup, batch, shapes, inputs_path, backend_options,
+          seed, json_path, csv_path, plot_path, html_path, no_profile) -> None:
+    """Measure MODELS on every backend side by side.
+
+    Each (model, backend) runs in its own process (load time and memory are that runtime's
+    alone); timed runs are interleaved across them so machine noise hits all alike. Prints a
+    table and writes the report as JSON/CSV/PNG/HTML. Several models are compared too:
+    `edgeinfer bench fp32.onnx int8.onnx --backend cpu,ort`.
+    """
+    from . import bench as _bench
+    from . import bench_report
+
+    for path in (plot_path,):
+        if path is not None and path.suffix.lower() != ".png":
+            raise CliError(f"--plot '{path}': the plot is a PNG; use a name ending in .png")
+    options: dict[str, dict] = {}
+    for text in backend_options:
+        key, sep, value = text.partition("=")
+        name, dot, opt = key.partition(".")
+        if not sep or not dot or not name or not opt:
+            raise CliError(f"--option '{text}': expected BACKEND.KEY=VALUE, e.g. openvino.precision=bf16")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        options.setdefault(name, {})[opt] = parsed
+    shape_of = {name: _parse_shape(s, name) for name, s in _parse_pairs(shapes, "--shape").items()}
+    feeds = None
+    if inputs_path is not None:
+        try:
+            with np.load(inputs_path, allow_pickle=False) as data:
+                feeds = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as e:
+            raise CliError(f"--inputs '{inputs_path}': cannot read it as an .npz of arrays: {e}") from None
+    bar = _ProgressBar(sys.stderr)
+    try:
+        report = _bench.bench(models, backend, threads=threads, runs=runs, min_seconds=min_seconds, warmup=warmup,
+                              batch=batch, inputs=feeds, shapes=shape_of, seed=seed, options=options,
+                              profile=not no_profile, progress=bar, command=["edgeinfer", "bench", *sys.argv[2:]])
+    finally:
+        bar.close()
+    click.echo(bench_report.format_table(report))
+    for path, writer in ((json_path, bench_report.write_json), (csv_path, bench_report.write_csv),
+                         (plot_path, bench_report.write_png), (html_path, bench_report.write_html)):
+        if path is not None:
+            writer(report, path)
+            click.echo(f"wrote {path}")
+
+
+class _ProgressBar:
+    """A one-line progress bar on a terminal; plain lines (one per stage) when not a terminal."""
+
+    def __init__(self, stream, width: int = 28):
+        self.stream, self.width = stream, width
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.last = ""
+
+    def __call__(self, message: str, fraction: float) -> None:
+        if self.tty:
+            done = int(round(self.width * max(0.0, min(fraction, 1.0))))
+            line = f"\r[{'#' * done}{'.' * (self.width - done)}] {100 * fraction:5.1f}% {message[:60]:<60}"
+            self.stream.write(line)
+            self.stream.flush()
+        elif not message.startswith("round") and message != self.last:
+            self.stream.write(f"bench: {message}\n")
+            self.stream.flush()
+        self.last = message
+
+    def close(self) -> None:
+        if self.tty and self.last:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
 # ------------------------------------------------------------------------ backends
 @cli.command()
 def backends() -> None:

@@ -53,6 +53,7 @@ class Session:
                 missing,
             )
         self._plans: dict[tuple, Any] = {}
+        self._last = None  # the most recently compiled executable (backend_report)
         self._lock = threading.Lock()
         self._required = self.graph.required_inputs()
         # sequence/optional inputs: plans are not specialised on their element shapes
@@ -75,6 +76,21 @@ class Session:
     @property
     def outputs(self) -> list[ValueInfo]:
         return list(self.graph.outputs)
+
+    @property
+    def backend_report(self) -> dict:
+        """Which backend runs this session and why, for the most recently compiled input shapes.
+
+        For ``backend="auto"`` the full decision (every candidate with its status, reason,
+        median time and error vs cpu; see :mod:`edgeinfer.backends.auto`); for a named backend
+        ``{"chosen": name, "reason": "named by the caller"}``. Empty before the first compile
+        when the model has symbolic inputs.
+        """
+        exe = self._last
+        if exe is None:
+            return {}
+        report = getattr(exe, "backend_report", None)
+        return dict(report) if report is not None else {"chosen": self.backend, "reason": "named by the caller"}
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model.
@@ -154,6 +170,7 @@ class Session:
                         del graph.constants[name]
                 exe = self._backend.compile(graph, shapes, self.threads, self.options)
                 self._plans[key] = exe
+                self._last = exe
         return exe
 
     def _check_output_names(self, output_names):

@@ -25,6 +25,8 @@ _REGISTRY: dict[str, str] = {
     "litert": "edgeinfer.backends.litert",
     "ort": "edgeinfer.backends.ort",
     "openvino": "edgeinfer.backends.openvino",
+    "gpu": "edgeinfer.backends.gpu",
+    "auto": "edgeinfer.backends.auto",
 }
 
 

@@ -21,7 +21,6 @@ dtypes.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..errors import BackendUnavailableError, EdgeInferError, KernelError
 from ..graph import Graph
+from .digest import edgeinfer_cache, graph_digest
 
 NAME = "litert"
 EXPORT_VERSION = "1"  # bump when the exporter's output for a given graph changes
@@ -55,9 +55,7 @@ def unsupported(graph: Graph) -> list[str]:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("EDGEINFER_CACHE")
-    root = Path(base) if base else Path.home() / ".cache" / "edgeinfer"
-    return root / "litert"
+    return edgeinfer_cache() / "litert"
 
 
 def compile(graph: Graph, input_shapes: dict[str, tuple], threads: int | None = None, options: dict | None = None):
@@ -75,51 +73,12 @@ def compile(graph: Graph, input_shapes: dict[str, tuple], threads: int | None = 
 def _cached_model(graph: Graph, input_shapes: dict, options: dict) -> Path:
     from ..converters.tflite_export import export_tflite
 
-    key = graph_digest(graph, input_shapes, {k: options.get(k) for k in _CACHE_OPTIONS})
+    extra = {k: options.get(k) for k in _CACHE_OPTIONS}
+    key = graph_digest(graph, input_shapes, extra, salt=f"litert-export-{EXPORT_VERSION}")
     path = cache_dir() / f"{key}.tflite"
     if not path.exists():
         export_tflite(graph, path, nchw_inputs=bool(options.get("nchw_inputs")), input_shapes=input_shapes)
     return path
-
-
-def graph_digest(graph: Graph, input_shapes: dict, extra: dict) -> str:
-    """A content hash of a graph (structure, attributes, constants), shapes and options."""
-    h = hashlib.blake2b(digest_size=20)
-
-    def put(obj) -> None:
-        if isinstance(obj, np.ndarray):
-            h.update(f"nd{obj.dtype.str}{obj.shape}".encode())
-            h.update(np.ascontiguousarray(obj).tobytes() if obj.dtype != object else repr(obj.tolist()).encode())
-        elif isinstance(obj, Graph):
-            put_graph(obj)
-        elif isinstance(obj, (list, tuple)):
-            h.update(b"[")
-            for v in obj:
-                put(v)
-            h.update(b"]")
-        elif isinstance(obj, dict):
-            for k in sorted(obj):
-                h.update(repr(k).encode())
-                put(obj[k])
-        else:
-            h.update(repr(obj).encode())
-
-    def put_graph(g: Graph) -> None:
-        put([(v.name, v.dtype, v.shape) for v in g.inputs])
-        put([(v.name, v.dtype, v.shape) for v in g.outputs])
-        put(g.opset)
-        for n in g.nodes:
-            put((n.op_type, n.domain, n.inputs, n.outputs))
-            put(n.attrs)
-        for name in sorted(g.constants):
-            h.update(name.encode())
-            put(g.constants[name])
-
-    h.update(f"litert-export-{EXPORT_VERSION}".encode())
-    put_graph(graph)
-    put({k: tuple(v) if v is not None and not hasattr(v, "dtype") else repr(v) for k, v in input_shapes.items()})
-    put(extra)
-    return h.hexdigest()
 
 
 def _load_delegates(options: dict) -> list:
