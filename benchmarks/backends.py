@@ -5,7 +5,8 @@ For each model (the ONNX light zoo, PP-OCRv4, the wheel models, then the TFLite 
 :func:`edgeinfer.bench.bench` run measures cpu, ort, openvino, litert and auto, one thread each,
 every (model, backend) in its own worker process, timed runs interleaved across them. Inputs are
 the ones the tests use. ``auto`` decides afresh in its worker (``cache=False``) and is then
-timed like the others, so "within 5% of the fastest" compares medians taken in the same rounds.
+timed like the others, so "within 5% of the fastest" compares medians taken in the same rounds
+(at least 15 rounds and 1 s of timed runs per backend).
 Refusals are recorded with the runtime's own reason.
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed from the environment (the script re-executes
@@ -57,12 +58,17 @@ def tflite_models() -> list[str]:
 def model_and_feeds(name: str) -> tuple[Path, dict[str, np.ndarray]]:
     import models
 
+    path = None
     if name in getattr(models, "TFLITE_MODELS", {}):
+        path = models.tflite_model_path(name)
+    elif name in models.MODELS and name not in getattr(models, "WHEEL_MODELS", {}) and name not in models.LIGHT_MODELS:
+        candidate = models.model_path(name)
+        path = candidate if candidate.suffix == ".tflite" else None
+    if path is not None:  # a TFLite model: the inputs the TFLite tests use
         import edgeinfer
         from ai_edge_litert.interpreter import Interpreter
         from test_tflite_import import _feeds
 
-        path = models.tflite_model_path(name)
         feeds = _feeds(Interpreter(model_path=str(path)).get_input_details(), name)
         graph = edgeinfer.load(path)
         return path, {v.name: x for v, x in zip(graph.inputs, feeds)}
@@ -71,11 +77,12 @@ def model_and_feeds(name: str) -> tuple[Path, dict[str, np.ndarray]]:
     return onnx_model_and_feeds(name)
 
 
-def measure(name: str, runs: int, warmup: int) -> dict:
+def measure(name: str, runs: int, warmup: int, min_seconds: float) -> dict:
     from edgeinfer.bench import bench
 
     path, feeds = model_and_feeds(name)
-    report = bench([path], [*BACKENDS, "auto"], threads=1, runs=runs, warmup=warmup, inputs=feeds, profile=False,
+    report = bench([path], [*BACKENDS, "auto"], threads=1, runs=runs, min_seconds=min_seconds, warmup=warmup,
+                   inputs=feeds, profile=False,
                    options={"auto": {"cache": False, "candidates": list(BACKENDS)}})
     row: dict = {"model": name, "file": path.name, "manifest": report["manifest"], "backends": {}}
     for r in report["results"]:
@@ -176,11 +183,14 @@ def main() -> None:
     args = ap.parse_args()
     runs = args.runs or (5 if args.quick else 15)
     warmup = 1 if args.quick else 2
+    # at least this long in timed runs per backend: sub-millisecond models get hundreds of runs,
+    # so a 5% comparison is not decided by a few scheduler hiccups
+    min_seconds = 0.2 if args.quick else 1.0
     names = args.models.split(",") if args.models else onnx_models() + ([] if args.no_tflite else tflite_models())
     rows, t0 = [], time.time()
     for i, name in enumerate(names):
         try:
-            row = measure(name, runs, warmup)
+            row = measure(name, runs, warmup, min_seconds)
         except Exception as e:  # noqa: BLE001  one model's setup failing is its row
             row = {"model": name, "error": f"{type(e).__name__}: {e}"[:400], "backends": {}, "mismatches": {}}
         rows.append(row)
@@ -192,7 +202,7 @@ def main() -> None:
     manifest = next((r.pop("manifest") for r in rows if "manifest" in r), None)
     for r in rows:
         r.pop("manifest", None)
-    result = {"manifest": manifest, "settings": {"runs": runs, "warmup": warmup, "threads": 1,
+    result = {"manifest": manifest, "settings": {"runs": runs, "min_seconds": min_seconds, "warmup": warmup, "threads": 1,
                                                  "within": WITHIN, "tolerance": TOLERANCE},
               "summary": summarize(rows), "rows": rows}
     out = Path(args.out)

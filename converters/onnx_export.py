@@ -367,7 +367,36 @@ def _check(model, path: str | None = None) -> None:
     try:
         onnx.checker.check_model(path if path is not None else model, full_check=True)
     except Exception as e:  # ValidationError, InferenceError
+        if path is None and "existing shape differ" in str(e) and _fix_output_ranks(model):
+            return _check(model)
         raise ExportError(f"the exported model fails onnx.checker.check_model(full_check=True): {e}") from e
+
+
+def _fix_output_ranks(model) -> bool:
+    """Replace graph-output shapes whose rank contradicts ONNX shape inference with the
+    inferred ones. Some exporters declare outputs wrongly (ddddocr's OCR model says rank 2 for
+    a Reshape to rank 3); runtimes ignore the declaration, the full checker does not. True when
+    an output was changed."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for v in probe.graph.output:
+        if v.type.WhichOneof("value") == "tensor_type":
+            v.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:  # noqa: BLE001  nothing better to offer than the checker's own message
+        return False
+    got = {v.name: v for v in list(inferred.graph.output) + list(inferred.graph.value_info)}
+    changed = False
+    for v in model.graph.output:
+        new = got.get(v.name)
+        if (v.type.WhichOneof("value") != "tensor_type" or new is None
+                or not new.type.tensor_type.HasField("shape") or not v.type.tensor_type.HasField("shape")):
+            continue
+        if len(new.type.tensor_type.shape.dim) != len(v.type.tensor_type.shape.dim):
+            v.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
+            changed = True
+    return changed
 
 
 # -------------------------------------------------------------------- writing

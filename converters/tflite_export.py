@@ -254,12 +254,18 @@ def _standard_rewrites(g: Graph, types) -> Graph:
             out = new
     out = opt.fold_batch_norm(out)
     out.remove_unused()
-    # fuse_activation_patterns may write SiLU as an internal Activation node: spell it out
+    # fuse_activation_patterns writes SiLU and GELU (erf or tanh form) as internal Activation
+    # nodes: SiLU goes back to x * sigmoid(x), GELU to the standard Gelu op (TFLite's GELU)
     nodes = []
     for n in out.nodes:
-        if n.domain == INTERNAL_DOMAIN and n.op_type == "Activation" and n.attrs.get("activation") in ("SiLU", "silu", "Swish"):
+        act = n.attrs.get("activation") if n.domain == INTERNAL_DOMAIN and n.op_type == "Activation" else None
+        if act in ("SiLU", "silu", "Swish"):
             s = out.unique_name(n.outputs[0] + "_sigmoid")
             nodes += [Node("Sigmoid", (n.inputs[0],), (s,)), Node("Mul", (n.inputs[0], s), n.outputs, name=n.name)]
+        elif act == "Gelu":
+            tanh = bool((n.attrs.get("activation_params") or [0.0])[0])
+            nodes.append(Node("Gelu", (n.inputs[0],), n.outputs, {"approximate": "tanh" if tanh else "none"},
+                              name=n.name))
         else:
             nodes.append(n)
     out.nodes = nodes

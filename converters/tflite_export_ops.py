@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeinfer.errors import ExportError
-from edgeinfer.graph import Node
+from edgeinfer.graph import Graph, Node
 
 from .tflite_export_state import (
     BINARY, CHECKS, CONVERTERS, NHWC, OP, TFL_DTYPES, Context, QConst, QInfo, _clip_bounds, _const_inputs,
@@ -152,8 +152,25 @@ def gelu(cx: Context, n: Node) -> None:
     cx.emit(OP.GELU, [x], [out], tfl.GeluOptionsT(approximate=attrs_of(n)["approximate"] == "tanh"))
 
 
-@converts("Clip", check=_const_inputs(1, 2))
+def _clip_check(node: Node, g: Graph, types) -> str | None:
+    """Constant bounds, or bounds computed at run time that are one value each (a Clip whose
+    min/max come from the graph: MAXIMUM/MINIMUM with a broadcast scalar)."""
+    for p in (1, 2):
+        name = node.inputs[p] if len(node.inputs) > p else ""
+        if name and name not in g.constants:
+            t = types.get(name)
+            if t is None or t.shape is None or any(not isinstance(d, int) for d in t.shape) or \
+                    int(np.prod(t.shape, dtype=np.int64)) != 1:
+                return f"input {p} ('{name}') must be a constant or one value at the export shapes"
+    return None
+
+
+@converts("Clip", check=_clip_check)
 def clip(cx: Context, n: Node) -> None:
+    dynamic = [p for p in (1, 2) if len(n.inputs) > p and n.inputs[p] and n.inputs[p] not in cx.consts]
+    if dynamic:
+        _clip_dynamic(cx, n)
+        return
     lo, hi = _clip_bounds(cx, n)
     x = cx.get(n.inputs[0])
     t = cx.tensors[x]
@@ -174,6 +191,27 @@ def clip(cx: Context, n: Node) -> None:
         cx.emit(OP.MINIMUM, [cur, cx.scalar(hi, t.dtype)], [cx.out(n.outputs[0], t.shape, perm)])
     if lo is None and hi is None:
         cx.alias(n.outputs[0], x, perm)
+
+
+def _clip_dynamic(cx: Context, n: Node) -> None:
+    if cx.qmode:
+        raise ExportError(f"{n.label}: a quantized Clip with bounds computed at run time has no int8 TFLite form")
+    rank = len(cx.shape(n.inputs[0]))
+    perm = cx.common_perm(n.inputs[:1], rank)
+    x = cx.operand(n.inputs[0], rank, perm)
+    t = cx.tensors[x]
+    bounds = [(p, code) for p, code in ((1, OP.MAXIMUM), (2, OP.MINIMUM)) if len(n.inputs) > p and n.inputs[p]]
+    cur = x
+    for k, (p, code) in enumerate(bounds):
+        name = n.inputs[p]
+        if name in cx.consts:
+            b = cx.scalar(float(cx.consts[name].reshape(-1)[0]), t.dtype)
+        else:
+            b = cx.operand(name, rank, perm)  # one value, broadcast against x
+        last = k == len(bounds) - 1
+        nxt = cx.out(n.outputs[0], t.shape, perm) if last else cx.new(t.shape, t.dtype, n.outputs[0] + "_lo")
+        cx.emit(code, [cur, b], [nxt])
+        cur = nxt
 
 
 @converts("HardSigmoid")

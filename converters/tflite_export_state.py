@@ -238,6 +238,23 @@ class Context:
                 perm = NHWC
             dtype = v.dtype
             idx = self.new(phys(shape, perm), dtype, v.name)
+            if dtype in ("int8", "uint8", "int16"):
+                # an integer input read through a DequantizeLinear (a fully int8 model): the
+                # signature tensor carries the DQ's parameters, as the int8 ops reading it expect
+                qp = next(((sc, zp) for src, sc, zp in self.q.dq_of.values() if src == v.name), None)
+                if qp is not None and dtype == "uint8":
+                    # the int8 ops read uint8 as int8 with the zero point moved by 128 (_qparam)
+                    t = self.tensors[idx]
+                    t.scale, t.zero_point = (float(np.float32(qp[0])),), (int(qp[1]),)
+                    i8 = self.new(list(t.shape), "int8", v.name + "_int8")
+                    self.tensors[i8].scale, self.tensors[i8].zero_point = _qparam(qp[0], qp[1], np.uint8)
+                    self.emit(OP.QUANTIZE, [idx], [i8], tfl.QuantizeOptionsT())
+                    self.inputs.append(idx)
+                    self.input_layouts[v.name] = perm
+                    self.where[v.name] = (i8, perm)
+                    continue
+                if qp is not None:
+                    self.tensors[idx].scale, self.tensors[idx].zero_point = _qparam(qp[0], qp[1], dtype)
             self.where[v.name] = (idx, perm)
             self.inputs.append(idx)
             self.input_layouts[v.name] = perm
@@ -260,6 +277,16 @@ class Context:
         keep = (not self.nchw_inputs and rank == 4 and tuple(perm) == NHWC)
         target = tuple(perm) if keep else ident(rank)
         idx = self.get(name, target, why=f"graph output '{name}' is returned in the IR's layout")
+        want = self.types[name].dtype if name in self.types else None
+        t = self.tensors[idx]
+        if want == "uint8" and t.dtype == "int8" and t.scale is not None:
+            # int8 ops compute uint8 tensors as int8 with the zero point moved by 128 (_qparam):
+            # hand back the IR's uint8, the same real values, with one requantize
+            u8 = self.new(list(t.shape), "uint8", name + "_uint8")
+            self.tensors[u8].scale = tuple(t.scale)
+            self.tensors[u8].zero_point = tuple(int(z) + 128 for z in t.zero_point)
+            self.emit(OP.QUANTIZE, [idx], [u8], tfl.QuantizeOptionsT())
+            idx = u8
         if idx in self.inputs or idx in self.outputs:  # an output that is an input, or twice an output
             t = self.tensors[idx]
             copy = self.new(list(t.shape), t.dtype, name, like=t)

@@ -103,6 +103,7 @@ _NODE_KEYS = ("op_type", "domain", "name", "inputs", "outputs", "attrs")
 _VALUE_INFO_KEYS = ("name", "dtype", "shape")
 _BRACKET_STEP = np.zeros(256, np.int32)
 _BRACKET_STEP[[ord("{"), ord("[")]], _BRACKET_STEP[[ord("}"), ord("]")]] = 1, -1
+_COLON = ord(":")
 _KEYSETS: dict[tuple, frozenset] = {}
 _FLOAT_HEX = re.compile(r"[0-9a-f]{16}")
 
@@ -184,11 +185,12 @@ def _reject_constant(name: str):
     raise ValueError(f"the literal {name} is not allowed")
 
 
-_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}')
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}:')
 
 
-def _json_depth(raw: bytes, limit: int) -> int:
-    """Deepest {/[ nesting outside strings; stops early past ``limit``.
+def _json_scan(raw: bytes, limit: int) -> tuple[int, int]:
+    """Deepest {/[ nesting outside strings (stops early past ``limit``), and the number of
+    colons outside strings: in valid JSON, the number of keys of all objects together.
 
     Escapes are dropped first: a run of backslashes pairs up left to right, as the JSON
     parser reads it, so removing ``\\\\`` pairs and then ``\\"`` leaves every remaining quote
@@ -198,19 +200,21 @@ def _json_depth(raw: bytes, limit: int) -> int:
     """
     raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURAL)
     data = np.frombuffer(raw, np.uint8)
-    depth = peak = 0
+    depth = peak = colons = 0
     in_string = False
     for start in range(0, data.size, 1 << 20):
         c = data[start : start + (1 << 20)]
         toggles = np.cumsum(c == 0x22, dtype=np.int32) + in_string
+        outside = toggles % 2 == 0
         step = _BRACKET_STEP[c]
-        step[toggles % 2 == 1] = 0
+        step[~outside] = 0
         levels = np.cumsum(step, dtype=np.int64) + depth
         peak, depth = max(peak, int(levels.max())), int(levels[-1])
+        colons += int(np.count_nonzero((c == _COLON) & outside))
         in_string = bool(toggles[-1] % 2)
         if peak > limit:
             break
-    return peak
+    return peak, colons
 
 
 def _kind(v: Any) -> str:
@@ -234,6 +238,9 @@ class _Reader:
         self.arrays: list[np.ndarray] = []
         self.names: list[str] = []
         self.used: list[str | None] = []
+        self.keys_read = 0  # keys of every JSON object read; checked against the header's key count
+        self.keys_in_header = 0
+        self.header_text = ""
 
     def error(self, field: str, message: str) -> ModelFormatError:
         return ModelFormatError(f"{self.source}: {field}: {message}")
@@ -242,6 +249,7 @@ class _Reader:
     def obj(self, v: Any, path: str, keys: tuple) -> dict:
         if type(v) is not dict:
             raise self.error(path, f"expected an object, found {_kind(v)}")
+        self.keys_read += len(v)
         if v.keys() != _KEYSETS.get(keys) and v.keys() != _KEYSETS.setdefault(keys, frozenset(keys)):
             missing, unknown = [k for k in keys if k not in v], [k for k in v if k not in keys][:5]
             raise self.error(path, f"expected keys {list(keys)}; missing {missing}, unknown {unknown}")
@@ -310,16 +318,23 @@ class _Reader:
         if zlib.crc32(raw) != hcrc:
             found = zlib.crc32(raw)
             raise self.error("header", f"checksum mismatch: prefix says crc32 {hcrc:#010x}, header has {found:#010x}")
-        top = self.obj(self.parse_json(raw), "header", _HEADER_KEYS)
-        self.integer(top["format_version"], "header.format_version", FORMAT_VERSION, FORMAT_VERSION)
-        self.read_tensors(top["tensors"], start)
+        header = self.parse_json(raw)
         try:
-            graph = self.graph(top["graph"], "header.graph", 0)
-        except RecursionError:  # only when the caller's own stack is already deep: the depth is capped
-            raise self.error("header.graph", "too deeply nested for the remaining Python stack") from None
-        for i, where in enumerate(self.used):
-            if where is None:
-                raise self.error(f"header.tensors[{i}]", f"tensor {_quote(self.names[i])} is not used by the graph")
+            top = self.obj(header, "header", _HEADER_KEYS)
+            self.integer(top["format_version"], "header.format_version", FORMAT_VERSION, FORMAT_VERSION)
+            self.read_tensors(top["tensors"], start)
+            try:
+                graph = self.graph(top["graph"], "header.graph", 0)
+            except RecursionError:  # only when the caller's own stack is already deep: the depth is capped
+                raise self.error("header.graph", "too deeply nested for the remaining Python stack") from None
+            for i, where in enumerate(self.used):
+                if where is None:
+                    raise self.error(f"header.tensors[{i}]", f"tensor {_quote(self.names[i])} is not used by the graph")
+        except ModelFormatError:
+            self.refuse_duplicate_keys()  # a duplicate key is the first problem to name
+            raise
+        if self.keys_read != self.keys_in_header:
+            self.refuse_duplicate_keys()
         try:
             graph.validate()
         except GraphError as e:
@@ -338,12 +353,26 @@ class _Reader:
             raise self.error("header", f"expected a JSON object starting with '{{', found {text[:8]!r}")
         if not body.endswith("}"):
             raise self.error("header", f"expected the JSON object to end in '}}' and spaces, found {body[-8:]!r}")
-        if _json_depth(raw, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        depth, self.keys_in_header = _json_scan(raw, MAX_JSON_DEPTH)
+        if depth > MAX_JSON_DEPTH:
             raise self.error("header", f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+        self.header_text = body
+        # Python's json keeps the last of duplicate keys silently. Checking every object with an
+        # object_pairs_hook costs half the parse, so the reader counts the keys of the objects it
+        # reads instead; when that count differs from the header's colons (or reading fails)
+        # refuse_duplicate_keys parses again with the hook to name the duplicate.
         try:
-            return json.loads(body, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+            return json.loads(body, parse_constant=_reject_constant)
         except (ValueError, RecursionError) as e:
             raise self.error("header", f"not valid JSON: {e}") from None
+
+    def refuse_duplicate_keys(self) -> None:
+        """ModelFormatError naming the first duplicate key of the header, if it has one."""
+        try:
+            json.loads(self.header_text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as e:
+            if "duplicate key" in str(e):
+                raise self.error("header", f"not valid JSON: {e}") from None
 
     def read_tensors(self, entries: Any, data_start: int) -> None:
         """Place every blob (aligned, in order, no gap, overlap or tail), then verify and decode."""
@@ -417,6 +446,7 @@ class _Reader:
         lists = {key: enumerate(self.typed(g[key], f"{path}.{key}", list)) for key in ("inputs", "outputs", "nodes")}
         maps = {key: self.typed(g[key], f"{path}.{key}", dict).items()
                 for key in ("constants", "value_info", "opset", "metadata")}
+        self.keys_read += sum(len(m) for m in maps.values())
         return Graph(
             inputs=[self.value_info(v, f"{path}.inputs[{i}]") for i, v in lists["inputs"]],
             outputs=[self.value_info(v, f"{path}.outputs[{i}]") for i, v in lists["outputs"]],
@@ -433,6 +463,7 @@ class _Reader:
         if not self.typed(n["op_type"], f"{path}.op_type", str):
             raise self.error(f"{path}.op_type", "expected a non-empty string")
         attrs = self.typed(n["attrs"], f"{path}.attrs", dict)
+        self.keys_read += len(attrs)
         return Node(
             n["op_type"],
             self.strings(n["inputs"], f"{path}.inputs"),

@@ -133,3 +133,21 @@ def test_auto_with_symbolic_inputs_decides_per_shape():
         out = sess.run({"image": np.zeros((n, 1, 8, 8), np.float32)})["logits"]
         assert out.shape == (n, 10)
         assert sess.backend_report["shapes"] == {"image": [n, 1, 8, 8]}
+
+
+def test_decision_waits_for_real_inputs_when_made_up_ones_fail():
+    """A shape input of zeros makes this Reshape fail on cpu: auto decides at the first run,
+    on the caller's inputs, and says so."""
+    from edgeinfer import Graph, Node, ValueInfo
+
+    g = Graph(inputs=[ValueInfo("x", "float32", (2, 3)), ValueInfo("s", "int64", (1,))],
+              outputs=[ValueInfo("y", "float32", None)], nodes=[Node("Reshape", ("x", "s"), ("y",))],
+              opset={"": 17})
+    sess = Session(g, backend="auto", threads=1, options={"candidates": ["cpu", "ort"], "cache": False, "runs": 3})
+    assert sess.backend_report["chosen"] is None and "first run" in sess.backend_report["reason"]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    y = sess.run({"x": x, "s": np.array([6], np.int64)})["y"]
+    np.testing.assert_array_equal(y, x.reshape(6))
+    rep = sess.backend_report
+    assert rep["chosen"] in ("cpu", "ort") and "caller's inputs" in rep["reason"]
+    assert {c["status"] for c in rep["candidates"]} == {"ok"}

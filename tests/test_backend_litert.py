@@ -128,3 +128,17 @@ def test_ppocr_session_matches_cpu(name, shape):
     assert list(got) == list(want)
     for k in want:
         close(got[k], want[k], 1e-3)
+
+
+def test_zero_d_inputs_and_outputs_stay_zero_d():
+    """A scalar feed (a run-time Clip bound) and a scalar result keep rank 0 through LiteRT."""
+    g = Graph(inputs=[ValueInfo("x", "float32", (2, 3)), ValueInfo("lo", "float32", ())],
+              outputs=[ValueInfo("y", "float32", (2, 3)), ValueInfo("m", "float32", ())],
+              nodes=[Node("Clip", ("x", "lo"), ("y",)), Node("ReduceMax", ("y",), ("m",), {"keepdims": 0})],
+              opset={"": 21})
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(2, 3) - 2, "lo": np.array(0.5, np.float32)}
+    got = Session(g, backend="litert").run(feeds)
+    want = Session(g).run(feeds)
+    assert got["m"].shape == () and got["y"].shape == (2, 3)
+    close(got["y"], want["y"])
+    close(got["m"], want["m"])

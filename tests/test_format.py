@@ -575,3 +575,33 @@ def test_low_precision_constants_round_trip_eim(dtype, tmp_path):
     back = edgeinfer.load(tmp_path / "lp.eim").constants["w"]
     assert back.dtype == g.constants["w"].dtype
     np.testing.assert_array_equal(back.astype(np.float32), g.constants["w"].astype(np.float32))
+
+
+@pytest.mark.parametrize("where", ["metadata", "node", "attrs", "value", "top"])
+def test_a_duplicate_key_anywhere_is_named(where):
+    """Duplicates are found by counting keys against the header's colons, so one deep inside a
+    valid-looking file (where the last value would otherwise silently win) is still refused."""
+    header, blobs = split(dumps_eim(rich_graph()))
+    text = json.dumps(header)
+    # (anchor, text put just before it) or, for an object's first keys, (anchor, text put after it)
+    before = {"node": ('"op_type": ', '"op_type": "Relu", '), "value": ('"type": "int"', '"type": "float", '),
+              "top": ('"format_version"', '"format_version": 1, ')}
+    after = {"metadata": ('"metadata": {', '"k": "1", "k": "2"'),
+             "attrs": ('"attrs": {"', '"z": {"type": "int", "value": 1}, "z": {"type": "int", "value": 2}')}
+    if where in before:
+        anchor, extra = before[where]
+        at = text.index(anchor)
+    else:
+        anchor, extra = after[where]
+        at = text.index(anchor) + len(anchor)
+        if where == "attrs":
+            at -= 1  # before the first key's quote
+        extra += "" if text[at] == "}" else ", "
+    rejects(assemble(raw=(text[:at] + extra + text[at:]).encode(), blobs=blobs), "duplicate key")
+
+
+def test_reader_counts_every_key_of_a_valid_file():
+    data = dumps_eim(rich_graph())
+    reader = fmt._Reader("m.eim", np.frombuffer(data, np.uint8))
+    reader.parse()
+    assert reader.keys_read == reader.keys_in_header > 0

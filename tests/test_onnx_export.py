@@ -235,3 +235,24 @@ def test_subgraph_constants_and_outer_scope(tmp_path):
     x = np.array([1.0, -1.0], np.float32)
     np.testing.assert_array_equal(H.ort_outputs(proto, {"c": np.array(True), "x": x})[0], x + [1, 2])
     np.testing.assert_array_equal(H.ort_outputs(proto, {"c": np.array(False), "x": x})[0], -x)
+
+
+def test_an_output_declared_with_the_wrong_rank_is_written_with_the_inferred_one():
+    """ddddocr's OCR model declares a rank-2 output that its Reshape makes rank 3: runtimes
+    ignore that, the full checker does not, so the export takes ONNX's inferred shape."""
+    import onnxruntime as ort
+
+    g = Graph(
+        inputs=[ValueInfo("x", "float32", (2, 3))],
+        outputs=[ValueInfo("y", "float32", (6,))],  # wrong: y is (2, 3, 1)
+        nodes=[Node("Shape", ["x"], ["s"]), Node("Concat", ["s", "one"], ["s3"], {"axis": 0}),
+               Node("Reshape", ["x", "s3"], ["y"])],
+        constants={"one": np.array([1], np.int64)},
+        opset={"": 17},
+    )
+    m = export_onnx(g)
+    dims = [d.dim_value for d in m.graph.output[0].type.tensor_type.shape.dim]
+    assert len(dims) == 3
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (y,) = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert y.shape == (2, 3, 1)

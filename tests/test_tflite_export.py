@@ -37,7 +37,7 @@ def lite_run(path, report, feeds, reference=False):
                      experimental_op_resolver_type=OpResolverType.BUILTIN_REF if reference else OpResolverType.AUTO)
     it.allocate_tensors()
     for d in it.get_input_details():
-        it.set_tensor(d["index"], np.ascontiguousarray(feeds[d["name"]].transpose(report.inputs[d["name"]])))
+        it.set_tensor(d["index"], feeds[d["name"]].transpose(report.inputs[d["name"]]).copy(order="C"))  # 0-d stays 0-d
     it.invoke()
     return {d["name"]: it.get_tensor(d["index"]).transpose(np.argsort(report.outputs[d["name"]]))
             for d in it.get_output_details()}
@@ -157,6 +157,9 @@ OP_CASES = {
     "mul_rank": ("Mul", {"x": X4, "x2": f32(10)}, {}, {}),
     "pow": ("Pow", {"x": np.abs(X4) + 0.1}, {}, {"e": np.array(1.5, np.float32)}),
     "clip": ("Clip", {"x": X4}, {}, {"lo": np.array(-0.5, np.float32), "hi": np.array(0.7, np.float32)}),
+    # bounds computed at run time (openWakeWord's melspectrogram): MAXIMUM/MINIMUM by a scalar
+    "clip_dynamic": ("Clip", {"x": X4, "lo": np.array([-0.5], np.float32), "hi": np.array(0.7, np.float32)}, {}, {}),
+    "clip_dynamic_min": ("Clip", {"x": X3, "lo": np.array(0.1, np.float32)}, {}, {}),
     "hard_sigmoid": ("HardSigmoid", {"x": X4}, {}, {}),
     "hard_swish": ("HardSwish", {"x": X4}, {}, {}),
     "leaky_relu": ("LeakyRelu", {"x": X4}, {"alpha": 0.2}, {}),
@@ -344,3 +347,52 @@ def test_qdq_model_within_one_step_of_onnxruntime(model, per_channel, activation
     if model == "chain":  # int8 from the first QUANTIZE to the last DEQUANTIZE
         assert report.op_counts["QUANTIZE"] == 1 and report.op_counts["DEQUANTIZE"] == 1
         assert report.transposes == 0
+
+
+@pytest.mark.parametrize("form", ["erf", "tanh"])
+def test_gelu_spelled_out_exports_as_tflite_gelu(form, tmp_path):
+    """Transformers exported from PyTorch spell GELU with Erf (or tanh); the export's rewrites
+    recognise it and write TFLite's GELU (vit_focus failed on this before)."""
+    x = f32(2, 8)
+    if form == "erf":
+        nodes = [Node("Div", ("x", "sqrt2"), ("d",)), Node("Erf", ("d",), ("e",)), Node("Add", ("e", "one"), ("a",)),
+                 Node("Mul", ("x", "a"), ("m",)), Node("Mul", ("m", "half"), ("y",))]
+        consts = {"sqrt2": np.array(np.sqrt(2), np.float32), "one": np.array(1, np.float32),
+                  "half": np.array(0.5, np.float32)}
+    else:
+        nodes = [Node("Pow", ("x", "three"), ("p",)), Node("Mul", ("p", "c"), ("pc",)), Node("Add", ("x", "pc"), ("s",)),
+                 Node("Mul", ("s", "k"), ("sk",)), Node("Tanh", ("sk",), ("t",)), Node("Add", ("t", "one"), ("a",)),
+                 Node("Mul", ("x", "a"), ("m",)), Node("Mul", ("m", "half"), ("y",))]
+        consts = {"three": np.array(3, np.float32), "c": np.array(0.044715, np.float32),
+                  "k": np.array(np.sqrt(2 / np.pi), np.float32), "one": np.array(1, np.float32),
+                  "half": np.array(0.5, np.float32)}
+    g = Graph(inputs=[ValueInfo("x", "float32", (2, 8))], outputs=[ValueInfo("y", "float32", (2, 8))],
+              nodes=nodes, constants=consts, opset={"": 17})
+    report = export_tflite(g, tmp_path / "g.tflite")
+    got = lite_run(tmp_path / "g.tflite", report, {"x": x})["y"]
+    assert rel_err(got, Session(g).run({"x": x})["y"]) < 1e-5
+
+
+def test_uint8_signature_of_a_qdq_graph_stays_uint8(tmp_path):
+    """int8 TFLite ops read uint8 as int8 with the zero point moved by 128; the model's
+    signature keeps the IR's uint8 (a QUANTIZE each side), as microWakeWord's int8 models need."""
+    w = np.array([[0.5, -0.25], [0.125, 1.0]], np.float32)
+    g = Graph(
+        inputs=[ValueInfo("x", "uint8", (3, 2))], outputs=[ValueInfo("y", "uint8", (3, 2))],
+        nodes=[Node("DequantizeLinear", ("x", "sx", "zx"), ("xf",)),
+               Node("MatMul", ("xf", "w"), ("m",)), Node("Relu", ("m",), ("r",)),
+               Node("QuantizeLinear", ("r", "sy", "zy"), ("y",))],
+        constants={"sx": np.array(0.05, np.float32), "zx": np.array(100, np.uint8), "w": w,
+                   "sy": np.array(0.02, np.float32), "zy": np.array(10, np.uint8)},
+        opset={"": 21})
+    x = np.array([[0, 255], [100, 130], [200, 50]], np.uint8)
+    report = export_tflite(g, tmp_path / "q.tflite")
+    it = Interpreter(model_path=str(tmp_path / "q.tflite"))
+    assert [d["dtype"] for d in it.get_input_details()] == [np.uint8]
+    assert [d["dtype"] for d in it.get_output_details()] == [np.uint8]
+    got = lite_run(tmp_path / "q.tflite", report, {"x": x})["y"]
+    want = Session(g).run({"x": x})["y"]
+    assert got.dtype == np.uint8
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1  # one quantization step
+    got2 = Session(g, backend="litert").run({"x": x})["y"]
+    assert got2.dtype == np.uint8 and np.abs(got2.astype(int) - want.astype(int)).max() <= 1

@@ -12,6 +12,8 @@ cpu backend, timed here, and the fastest is kept.
 3. **Check**: each compiled candidate runs the same feeds (``feeds`` option, or seeded synthetic
    ones: floats uniform in [0, 1), integers and booleans zero) and must match the cpu backend:
    max abs error <= tolerance x max(1, max |cpu output|) on float outputs, exact on the rest.
+   When the cpu backend fails on the synthetic feeds (a sample-rate input that must be 8000 or
+   16000), the decision waits for the first ``run`` and is made on the caller's inputs.
 4. **Time**: one warm-up run each, then rounds that run every candidate once in a rotating order
    (machine noise hits all alike) until each has ``runs`` samples and 0.1 s of timed runs, or
    ``budget_s`` has passed (at least 3 rounds). The lowest median wins.
@@ -97,10 +99,52 @@ def compile(graph: Graph, input_shapes: dict[str, tuple], threads: int | None = 
         hit = _cached_choice(key, graph, input_shapes, threads, opts, candidates)
         if hit is not None:
             return hit
-    exe, report = _measure(graph, input_shapes, threads, opts, candidates)
+    try:
+        exe, report = _measure(graph, input_shapes, threads, opts, candidates)
+    except _SyntheticInputsFailed as e:
+        return _Deferred(graph, input_shapes, threads, opts, key, str(e))
     if key is not None:
         _store(key, report)
     return exe
+
+
+class _SyntheticInputsFailed(Exception):
+    """The cpu backend (the reference) fails on made-up inputs: the model needs real ones."""
+
+
+class _Deferred:
+    """Decides at the first run, with the caller's inputs, when made-up inputs do not work
+    (a sample-rate or token input that must hold a meaningful value)."""
+
+    def __init__(self, graph, input_shapes, threads, opts, key, why: str):
+        self.args = (graph, input_shapes, threads, opts)
+        self.key, self.why = key, why
+        self.exe = None
+        self.backend_report = {"chosen": None, "reason": f"decided at the first run: {why}", "candidates": []}
+        self._lock = __import__("threading").Lock()
+
+    def run(self, feeds):
+        exe = self.exe
+        if exe is None:
+            with self._lock:
+                if self.exe is None:
+                    graph, shapes, threads, opts = self.args
+                    opts = {**opts, "feeds": dict(feeds)}
+                    chosen, report = _measure(graph, shapes, threads, opts, _candidates(graph, opts))
+                    report["reason"] = f"decided at the first run on the caller's inputs ({self.why}): {report['reason']}"
+                    if self.key is not None:
+                        _store(self.key, report)
+                    self.backend_report = report
+                    self.exe = chosen
+                exe = self.exe
+        return exe.run(feeds)
+
+    def __getattr__(self, name):
+        if name in ("exe", "args"):
+            raise AttributeError(name)
+        if self.exe is None:
+            raise AttributeError(name)
+        return getattr(self.exe, name)
 
 
 # ------------------------------------------------------------------------- options
@@ -198,6 +242,9 @@ def _measure(graph, input_shapes, threads, opts, candidates) -> tuple[Any, dict]
             c.pop("exe", None)
             continue
         live.append(c)
+    cpu = next((c for c in candidates if c["backend"] == "cpu" and c["variant"] == "f32"), None)
+    if cpu is not None and cpu["status"] == "failed" and opts["feeds"] is None:
+        raise _SyntheticInputsFailed(f"made-up inputs fail on the cpu backend: {cpu['reason'][:200]}")
     ref = next((c for c in live if c["backend"] == "cpu" and c["variant"] == "f32"), None)
     if ref is not None and feeds is not None:
         for c in live:

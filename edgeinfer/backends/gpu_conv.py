@@ -139,7 +139,7 @@ def build_conv(ctx: GpuContext, attrs: dict, activation: str, params) -> callabl
     out_shape = ctx.out_shape(0)
     depthwise = group == c and w.shape[1] == 1 and m == c and group > 1
     has_res = ctx.has_input(3)
-    ep = epilogue(ctx, activation, params, 2)
+    ep = epilogue(ctx, activation, params)
 
     if depthwise:
         w_dev = ctx.upload(w.reshape(c, -1), dt)
@@ -246,7 +246,8 @@ def conv_transpose_op(ctx: GpuContext, **attrs):
         full = xp.zeros((n, m, big_h, big_w), dtype=work)
         for i in range(kh):
             for j in range(kw):
-                full[:, :, i * dh:i * dh + (h - 1) * sh + 1:sh, j * dw:j * dw + (wd - 1) * sw + 1:sw] += cols[:, :, i, j]
+                rows = slice(i * dh, i * dh + (h - 1) * sh + 1, sh)
+                full[:, :, rows, j * dw:j * dw + (wd - 1) * sw + 1:sw] += cols[:, :, i, j]
         y = full[:, :, bt:bt + oh, bl:bl + ow].astype(dt)
         if b_dev is not None:
             y += b_dev
@@ -394,7 +395,7 @@ def _build_gemm(ctx: GpuContext, alpha, beta, transA, transB, activation: str, p
     c_dev = None
     if c is not None:
         c_dev = ctx.upload(c * np.asarray(beta, c.dtype) if beta != 1 else c, dt)
-    ep = epilogue(ctx, activation, params, 1)
+    ep = epilogue(ctx, activation, params)
     out_dt = ctx.out_dtype(0)
 
     def gemm(a, b_run=None, c_run=None):
@@ -433,7 +434,7 @@ def _build_matmul(ctx: GpuContext, activation: str, params, bias_input: int | No
     b_dev = None if b is None else ctx.upload(b, dt)
     bias = ctx.const(bias_input) if bias_input is not None and ctx.has_input(bias_input) else None
     bias_dev = None if bias is None else ctx.upload(bias, dt)
-    ep = epilogue(ctx, activation, params, 1)
+    ep = epilogue(ctx, activation, params)
     out_shape = ctx.static_out_shape(0)
 
     def matmul(a, b_run=None, bias_run=None):

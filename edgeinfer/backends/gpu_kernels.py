@@ -85,12 +85,12 @@ class GpuContext(OpContext):
 
     Attributes:
         xp: ``numpy`` or ``cupy``.
-        uploader: host array -> device array in the compute precision (counts the bytes).
+        uploader: (host array, round float32 to the compute dtype) -> device array.
         baked: input positions the factory consumed at compile time (passed as None at run).
     """
 
     xp: Any = None
-    uploader: Callable[[np.ndarray], Any] | None = None
+    uploader: Callable[[np.ndarray, bool], Any] | None = None
     baked: set = field(default_factory=set)
 
     @property
@@ -113,8 +113,8 @@ class GpuContext(OpContext):
         """``arr`` on the device, float32 rounded to the compute dtype (or cast to ``dtype``)."""
         arr = np.asarray(arr)
         if dtype is not None:
-            arr = arr.astype(dtype, copy=False)
-        return self.uploader(arr)
+            return self.uploader(arr.astype(dtype, copy=False), False)
+        return self.uploader(arr, True)
 
     def dtype(self, i: int = 0) -> np.dtype:
         """numpy dtype of input ``i`` as computed (float16 for float32 in fp16 mode)."""
@@ -284,7 +284,7 @@ def cuda_elementwise(in_params: str, body: str, name: str):
     return k
 
 
-def epilogue(ctx: GpuContext, name: str, params, n_terms: int) -> Callable:
+def epilogue(ctx: GpuContext, name: str, params) -> Callable:
     """``f(y, *terms) -> act(y + terms...)`` (terms broadcast into ``y``; None terms skipped).
 
     On the GPU one fused elementwise kernel per combination of present terms does it in one
@@ -321,11 +321,11 @@ def epilogue(ctx: GpuContext, name: str, params, n_terms: int) -> Callable:
 
 def apply_activation(ctx: GpuContext, name: str, params) -> Callable:
     """``f(x) -> act(x)`` as a new array (x is not modified)."""
-    ep = epilogue(ctx, name, params, 0)
     if ctx.on_gpu and ctx.out_dtype(0) in (np.float16, np.float32):
         act = cuda_activation(name, params)
         k = cuda_elementwise("T x", f"float v = (float)x; {act} y = (T)v;", "activation")
         return lambda x: k(x)
+    ep = epilogue(ctx, name, params)
     return lambda x: ep(x.copy())
 
 

@@ -208,8 +208,6 @@ def resize_op(ctx: GpuContext, **attrs):
     (:mod:`edgeinfer.kernels.resize`: same coordinates, so the same pixels are picked)."""
     xp = ctx.xp
     shape = ctx.shape(0)
-    if attrs["antialias"] or attrs["mode"] not in ("nearest", "linear", "cubic"):
-        pass  # the sampler handles antialias and cubic: only the gathers differ
     roi = ctx.const(1) if ctx.has_input(1) else None
     scales = ctx.const(2) if ctx.has_input(2) else None
     sizes = ctx.const(3) if ctx.has_input(3) else None

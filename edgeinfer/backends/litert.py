@@ -32,7 +32,7 @@ from ..graph import Graph
 from .digest import edgeinfer_cache, graph_digest
 
 NAME = "litert"
-EXPORT_VERSION = "1"  # bump when the exporter's output for a given graph changes
+EXPORT_VERSION = "2"  # bump when the exporter's output for a given graph changes
 _CACHE_OPTIONS = ("nchw_inputs",)
 
 
@@ -133,7 +133,8 @@ class LiteRTExecutable:
         with self._lock:  # one interpreter holds one set of buffers
             for name, index, perm in self.inputs:
                 x = feeds[name]
-                it.set_tensor(index, np.ascontiguousarray(x.transpose(perm) if perm is not None else x))
+                # copy(order="C"), not ascontiguousarray, which makes a 0-d feed 1-d
+                it.set_tensor(index, (x.transpose(perm) if perm is not None else x).copy(order="C"))
             try:
                 it.invoke()
             except RuntimeError as e:
@@ -141,7 +142,7 @@ class LiteRTExecutable:
             out = {}
             for name, index, back in self.outputs:
                 y = it.get_tensor(index)
-                out[name] = np.ascontiguousarray(y.transpose(back)) if back is not None else y.copy()
+                out[name] = y.transpose(back).copy(order="C") if back is not None else y.copy()
         return out
 
 

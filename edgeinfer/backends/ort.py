@@ -137,12 +137,36 @@ def compile(graph: Graph, input_shapes: dict[str, tuple], threads: int | None = 
     check_options(NAME, options, OPTIONS)
     providers, provider_options = _providers(ort, options)
     so = _session_options(ort, threads, options)
+    fallback = None
     with exported_onnx(graph) as model:
         try:
             session = ort.InferenceSession(model, so, providers=providers, provider_options=provider_options)
         except Exception as e:  # onnxruntime's Fail / NotImplemented / InvalidGraph / RuntimeError
-            raise EdgeInferError(f"ONNX Runtime could not load the exported model of graph '{graph.name}': {e}") from e
-    return OrtExecutable(graph, session)
+            if "graph_optimization_level" in options or not _optimizer_made(str(e), graph):
+                raise EdgeInferError(f"ONNX Runtime could not load the exported model of graph '{graph.name}': {e}") from e
+            # ORT's own rewrites produced a node it then rejects (seen: its transpose optimizer
+            # writes QuantizeLinear(output_dtype=INT8) with a UINT8 zero point on int8 QDQ graphs,
+            # onnxruntime 1.32): the model is fine, so load it with only the basic rewrites
+            so = _session_options(ort, threads, {**options, "graph_optimization_level": "basic"})
+            try:
+                session = ort.InferenceSession(model, so, providers=providers, provider_options=provider_options)
+            except Exception as e2:
+                raise EdgeInferError(f"ONNX Runtime could not load the exported model of graph '{graph.name}': "
+                                     f"{e2}") from e2
+            fallback = f"loaded with graph_optimization_level='basic': the full level failed: {str(e)[:300]}"
+    exe = OrtExecutable(graph, session)
+    exe.fallback = fallback
+    return exe
+
+
+def _optimizer_made(message: str, graph: Graph) -> bool:
+    """Whether ORT's load error names a node that is not in the exported graph (one its graph
+    optimizer made)."""
+    import re
+
+    names = {n.name for n in graph.walk_nodes() if n.name}
+    found = re.findall(r"Node \(([^)]*)\)", message)
+    return bool(found) and any(f not in names for f in found)
 
 
 def _providers(ort, options: dict) -> tuple[list[str], list[dict]]:
