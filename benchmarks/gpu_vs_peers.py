@@ -49,6 +49,8 @@ WHEEL_SHAPES = {"nudenet_yolov8n": {"images": (1, 3, 320, 320)}, "rapid_orientat
 LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50", "shufflenet", "squeezenet",
          "vgg19", "zfnet512"]
 DEFAULT_MODELS = LIGHT + list(PPOCR_SHAPES) + list(WHEEL_SHAPES)
+# --prepare also copies the other real models tests/test_backend_gpu.py runs on the GPU
+PREPARE_MODELS = DEFAULT_MODELS + ["khmer_segmenter", "g2p_bert_mlm"]
 TORCH_NOTE = "no PyTorch version of this model (it ships as ONNX only)"
 
 
@@ -74,19 +76,23 @@ def model_and_feeds(name: str) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 def prepare(target: Path, names: list[str]) -> None:
-    """Copy the cached model files of ``names`` into ``target`` in the cache's layout."""
-    from models import CACHE, model_path
+    """Copy the cached model files of ``names`` (and their sidecar files) into ``target`` in the
+    cache's layout."""
+    from models import CACHE, MODELS, WHEEL_EXTRA_MEMBERS, WHEEL_MODELS, model_path, wheel_model_path
 
     total = 0
     for name in names:
         if name in LIGHT:
             continue  # inside the onnx wheel on every machine
-        src = model_path(name)
-        dst = target / src.relative_to(CACHE)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
-        total += dst.stat().st_size
-        print(f"{name}: {dst} ({dst.stat().st_size / 2**20:.1f} MiB)")
+        main = wheel_model_path(name) if name in WHEEL_MODELS else model_path(name)
+        package, version, _ = MODELS[name]
+        files = [main] + [CACHE / "models" / f"{package}-{version}" / m for m in WHEEL_EXTRA_MEMBERS.get(name, ())]
+        for src in files:
+            dst = target / src.relative_to(CACHE)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            total += dst.stat().st_size
+            print(f"{name}: {dst} ({dst.stat().st_size / 2**20:.1f} MiB)")
     print(f"{total / 2**20:.1f} MiB in {target}")
 
 
@@ -220,12 +226,14 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--prepare", metavar="DIR", help="copy the models into DIR (cache layout) and exit")
+    ap.add_argument("--prepare", metavar="DIR", help="copy the models (default: the benchmark's and the gpu "
+                    "tests') into DIR in the cache layout, and exit")
     ap.add_argument("--out", default=str(HERE / "results" / "gpu_vs_peers.json"))
     args = ap.parse_args()
     names = [n for n in args.models.split(",") if n]
     if args.prepare:
-        prepare(Path(args.prepare), names)
+        given = any(a == "--models" or a.startswith("--models=") for a in sys.argv[1:])
+        prepare(Path(args.prepare), names if given else PREPARE_MODELS)
         return
     runs = max(15, args.runs)
     results = []

