@@ -9,12 +9,16 @@ cpu backend, timed here, and the fastest is kept.
 2. **Precision policy**: exact f32 by default. ``allow_reduced_precision=True`` adds the
    reduced-precision variants (``openvino`` in bf16, ``gpu`` in fp16) as candidates of their own,
    checked with the looser ``reduced_tolerance``.
-3. **Check**: each compiled candidate runs the same feeds (``feeds`` option, or seeded synthetic
+3. **Isolation**: each candidate is loaded and measured in a worker process of its own (the
+   workers of ``edgeinfer bench``), because runtimes sharing a process slow each other down
+   (measured: importing onnxruntime makes OpenVINO ~33% slower on a 0.3 ms model); the winner
+   is then compiled in the caller's process. ``isolate=False`` measures in this process.
+4. **Check**: each compiled candidate runs the same feeds (``feeds`` option, or seeded synthetic
    ones: floats uniform in [0, 1), integers and booleans zero) and must match the cpu backend:
    max abs error <= tolerance x max(1, max |cpu output|) on float outputs, exact on the rest.
    When the cpu backend fails on the synthetic feeds (a sample-rate input that must be 8000 or
    16000), the decision waits for the first ``run`` and is made on the caller's inputs.
-4. **Time**: one warm-up run each, then rounds that run every candidate once in a rotating order
+5. **Time**: one warm-up run each, then rounds that run every candidate once in a rotating order
    (machine noise hits all alike) until each has ``runs`` samples and 0.1 s of timed runs, or
    ``budget_s`` has passed (at least 3 rounds). The lowest median wins.
 
@@ -46,6 +50,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -68,6 +73,7 @@ OPTIONS = {
     "budget_s": "time budget for the timing rounds in seconds (default 3.0)",
     "feeds": "inputs to check and time with (default: seeded synthetic inputs)",
     "cache": "read and write the on-disk decision cache (default True)",
+    "isolate": "measure each candidate in a worker process of its own (default True)",
     "profile": "passed to the chosen backend when it supports it (cpu)",
 }
 CACHE_VERSION = "1"
@@ -177,6 +183,7 @@ def _check_options(opts: dict) -> dict:
         "budget_s": float(opts.get("budget_s", 3.0)),
         "feeds": opts.get("feeds"),
         "cache": bool(opts.get("cache", True)),
+        "isolate": bool(opts.get("isolate", True)),
         "profile": bool(opts.get("profile", False)),
     }
     if out["runs"] < 1 or out["budget_s"] <= 0 or out["tolerance"] <= 0 or out["reduced_tolerance"] <= 0:
@@ -184,9 +191,18 @@ def _check_options(opts: dict) -> dict:
     return out
 
 
+# the library each optional backend needs: found without importing it (importing one runtime's
+# library can slow another down in the same process; see the module doc)
+_LIBRARY = {"ort": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino"),
+            "litert": ("ai_edge_litert", "ai-edge-litert"), "gpu": ("cupy", "cupy-cuda12x")}
+
+
 def _candidates(graph: Graph, opts: dict) -> list[dict]:
-    """Every (backend, variant) with its module or the reason it is out; cpu first (the reference)."""
+    """Every (backend, variant) with its module or the reason it is out; cpu first (the
+    reference). Backends are not probed here (see :func:`_probe`): with isolation on, their
+    workers say whether they are available and can run the model."""
     import importlib
+    import importlib.util
 
     from . import _REGISTRY
 
@@ -194,21 +210,14 @@ def _candidates(graph: Graph, opts: dict) -> list[dict]:
     out: list[dict] = []
     for name in names:
         base = {"backend": name, "variant": "f32", "options": dict(opts["backend_options"].get(name, {})),
-                "module": None, "status": None, "reason": None, "version": None}
+                "module": None, "status": None, "reason": None, "version": _library_version(name)}
+        lib = _LIBRARY.get(name)
         try:
-            module = importlib.import_module(_REGISTRY[name])
-            ok, why = module.available()
+            if lib is not None and importlib.util.find_spec(lib[0]) is None:
+                raise ImportError(f"{lib[0]} is not installed")
+            module = importlib.import_module(_REGISTRY[name])  # edgeinfer's module: no runtime import
         except Exception as e:  # a broken optional install is a reason, not a crash
-            ok, why, module = False, f"{type(e).__name__}: {e}", None
-        if not ok:
-            out.append({**base, "status": "unavailable", "reason": why})
-            continue
-        base["version"] = why
-        missing = module.unsupported(graph)
-        if missing:
-            out.append({**base, "status": "unsupported",
-                        "reason": f"cannot run {len(missing)} op type(s): {', '.join(missing[:8])}"
-                                  + (" ..." if len(missing) > 8 else "")})
+            out.append({**base, "status": "unavailable", "reason": f"{type(e).__name__}: {e}"})
             continue
         opt, exact = _PRECISION_OPTION.get(name, (None, None))
         asked = base["options"].get(opt, exact) if opt else None
@@ -225,52 +234,181 @@ def _candidates(graph: Graph, opts: dict) -> list[dict]:
     return out
 
 
+def _library_version(name: str) -> str | None:
+    from importlib import metadata
+
+    dist = _LIBRARY[name][1] if name in _LIBRARY else "numpy"
+    try:
+        return f"{dist} {metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _probe(c: dict, graph: Graph) -> None:
+    """In-process measurement: the backend's own availability and op checks."""
+    if c["status"] is not None:
+        return
+    try:
+        ok, why = c["module"].available()
+    except Exception as e:  # noqa: BLE001
+        ok, why = False, f"{type(e).__name__}: {e}"
+    if not ok:
+        c["status"], c["reason"] = "unavailable", why
+        return
+    c["version"] = why
+    missing = c["module"].unsupported(graph)
+    if missing:
+        c["status"] = "unsupported"
+        c["reason"] = f"cannot run {len(missing)} op type(s): {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else "")
+
+
 # ------------------------------------------------------------------------- measuring
 def _measure(graph, input_shapes, threads, opts, candidates) -> tuple[Any, dict]:
     feeds = _feeds(graph, input_shapes, opts["feeds"])
-    live: list[dict] = []
-    for c in candidates:
-        if c["status"] is not None:
-            continue
-        t0 = time.perf_counter()
-        try:
-            c["exe"] = c["module"].compile(graph, input_shapes, threads, _with_profile(c, opts))
-            c["compile_ms"] = 1e3 * (time.perf_counter() - t0)
-            c["outputs"] = c["exe"].run(dict(feeds)) if feeds is not None else None
-        except (EdgeInferError, Exception) as e:  # noqa: B014  a candidate's failure is its reason
-            c["status"], c["reason"] = "failed", f"{type(e).__name__}: {str(e)[:300]}"
-            c.pop("exe", None)
-            continue
-        live.append(c)
-    cpu = next((c for c in candidates if c["backend"] == "cpu" and c["variant"] == "f32"), None)
-    if cpu is not None and cpu["status"] == "failed" and opts["feeds"] is None:
-        raise _SyntheticInputsFailed(f"made-up inputs fail on the cpu backend: {cpu['reason'][:200]}")
-    ref = next((c for c in live if c["backend"] == "cpu" and c["variant"] == "f32"), None)
-    if ref is not None and feeds is not None:
-        for c in live:
-            if c is ref:
+    pool = _Isolated.open(graph, feeds, opts) if opts["isolate"] and feeds is not None else None
+    try:
+        live: list[dict] = []
+        for c in candidates:
+            if pool is None:
+                _probe(c, graph)
+            if c["status"] is not None:
                 continue
-            tol = opts["tolerance"] if c["variant"] in ("f32", "fp32") else opts["reduced_tolerance"]
-            err, problem = _compare(graph, c["outputs"], ref["outputs"], tol)
-            c["max_abs_err"] = err
-            if problem:
-                c["status"], c["reason"] = "mismatch", problem
-        live = [c for c in live if c["status"] is None]
-    if not live:
-        reasons = "; ".join(f"{c['backend']}({c['variant']}): {c['reason']}" for c in candidates)
-        raise EdgeInferError(f"auto: no backend could run this model: {reasons}")
-    if feeds is not None and len(live) > 1:
-        _time(live, feeds, opts["runs"], opts["budget_s"])
-        best = min(live, key=lambda c: c["median_ms"])
-        why = (f"lowest median of {len(live)} checked backends over {len(best['samples'])} interleaved runs: "
-               f"{best['median_ms']:.3f} ms")
-    else:
-        best = live[0]
-        why = "the only backend that could run it" if len(live) == 1 else "first candidate (inputs not synthesizable)"
+            t0 = time.perf_counter()
+            try:
+                if pool is not None:
+                    c["runner"] = pool.runner(c, threads)
+                else:
+                    c["runner"] = _InProcess(c["module"].compile(graph, input_shapes, threads, _with_profile(c, opts)))
+                c["compile_ms"] = 1e3 * (time.perf_counter() - t0)
+                c["outputs"] = c["runner"].outputs(feeds) if feeds is not None else None
+            except _WorkerRefused as e:  # the worker found it unavailable or unable to run an op
+                c["status"], c["reason"] = e.status, e.reason
+                continue
+            except (EdgeInferError, Exception) as e:  # noqa: B014  a candidate's failure is its reason
+                c["status"], c["reason"] = "failed", f"{type(e).__name__}: {str(e)[:300]}"
+                c.pop("runner", None)
+                continue
+            live.append(c)
+        cpu = next((c for c in candidates if c["backend"] == "cpu" and c["variant"] == "f32"), None)
+        if cpu is not None and cpu["status"] == "failed" and opts["feeds"] is None:
+            raise _SyntheticInputsFailed(f"made-up inputs fail on the cpu backend: {cpu['reason'][:200]}")
+        ref = next((c for c in live if c["backend"] == "cpu" and c["variant"] == "f32"), None)
+        if ref is not None and feeds is not None:
+            for c in live:
+                if c is ref:
+                    continue
+                tol = opts["tolerance"] if c["variant"] in ("f32", "fp32") else opts["reduced_tolerance"]
+                err, problem = _compare(graph, c["outputs"], ref["outputs"], tol)
+                c["max_abs_err"] = err
+                if problem:
+                    c["status"], c["reason"] = "mismatch", problem
+            live = [c for c in live if c["status"] is None]
+        if not live:
+            reasons = "; ".join(f"{c['backend']}({c['variant']}): {c['reason']}" for c in candidates)
+            raise EdgeInferError(f"auto: no backend could run this model: {reasons}")
+        if feeds is not None and len(live) > 1:
+            _time(live, feeds, opts["runs"], opts["budget_s"])
+            best = min(live, key=lambda c: c["median_ms"])
+            where = "each in its own process, " if pool is not None else ""
+            why = (f"lowest median of {len(live)} checked backends ({where}{len(best['samples'])} interleaved "
+                   f"runs): {best['median_ms']:.3f} ms")
+        else:
+            best = live[0]
+            why = "the only backend that could run it" if len(live) == 1 else "first candidate (inputs not synthesizable)"
+    finally:
+        if pool is not None:
+            pool.close()
     for c in live:
         c["status"] = "ok"
+    exe = best["runner"].exe if pool is None else best["module"].compile(graph, input_shapes, threads,
+                                                                        _with_profile(best, opts))
     report = _report(candidates, best, why, input_shapes, opts, cached=False)
-    return _Chosen(best["exe"], report), report
+    return _Chosen(exe, report), report
+
+
+class _InProcess:
+    """A candidate compiled in this process."""
+
+    def __init__(self, exe):
+        self.exe = exe
+
+    def outputs(self, feeds: dict) -> dict:
+        return self.exe.run(dict(feeds))
+
+    def run_ms(self, feeds: dict) -> float:
+        t0 = time.perf_counter()
+        self.exe.run(dict(feeds))
+        return 1e3 * (time.perf_counter() - t0)
+
+
+class _Isolated:
+    """Candidates measured each in a worker process of its own (``edgeinfer bench``'s workers):
+    one runtime's libraries can then not slow another down. Measured here: importing
+    onnxruntime into a process makes OpenVINO ~33% slower on a 0.3 ms model; the winner is
+    then compiled in the caller's process, which holds only the libraries it chose."""
+
+    def __init__(self, folder: str, model: str, feeds: str, opts: dict):
+        self.folder, self.model, self.feeds, self.opts = folder, model, feeds, opts
+        self.workers: list = []
+
+    @classmethod
+    def open(cls, graph: Graph, feeds: dict, opts: dict):
+        from ..api import save
+
+        folder = tempfile.mkdtemp(prefix="edgeinfer-auto-")
+        try:
+            model = os.path.join(folder, "model.eim")
+            save(graph, model)
+            feeds_path = os.path.join(folder, "feeds.npz")
+            np.savez(feeds_path, **feeds)
+        except Exception:  # noqa: BLE001  a graph .eim cannot hold, object feeds: measure in process
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        return cls(folder, model, feeds_path, opts)
+
+    def runner(self, c: dict, threads):
+        from pathlib import Path
+
+        from ..bench import _Worker
+
+        options = _with_profile(c, self.opts)
+        json.dumps(options)  # a worker takes its options as JSON: say so here if they are not
+        k = len(self.workers)
+        row = {"status": "ok", "reason": None}
+        w = _Worker(Path(self.model), c["backend"], threads, options, Path(self.feeds),
+                    Path(self.folder) / f"out{k}.npz", row, 0)
+        self.workers.append(w)
+        w.start()
+        w.ready()
+        if row["status"] in ("unavailable", "unsupported"):
+            raise _WorkerRefused(row["status"], row.get("reason") or row["status"])
+        if row["status"] != "ok":
+            raise EdgeInferError(row.get("reason") or row["status"])
+        return _Remote(w)
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _WorkerRefused(Exception):
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class _Remote:
+    def __init__(self, worker):
+        self.w = worker
+
+    def outputs(self, feeds: dict) -> dict:
+        self.w.call({"cmd": "outputs"})
+        with np.load(self.w.args["outputs"], allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+    def run_ms(self, feeds: dict) -> float:
+        return float(self.w.call({"cmd": "run"})["ms"])
 
 
 def _with_profile(c: dict, opts: dict) -> dict:
@@ -330,14 +468,12 @@ def _compare(graph: Graph, got: dict, ref: dict, tol: float) -> tuple[float | No
 
 def _time(live: list[dict], feeds: dict, runs: int, budget_s: float) -> None:
     for c in live:
-        c["exe"].run(dict(feeds))  # warm-up
+        c["runner"].run_ms(feeds)  # warm-up
         c["samples"] = []
     start, rounds = time.perf_counter(), 0
     while True:
         for c in live[rounds % len(live):] + live[: rounds % len(live)]:
-            t0 = time.perf_counter()
-            c["exe"].run(dict(feeds))
-            c["samples"].append(1e3 * (time.perf_counter() - t0))
+            c["samples"].append(c["runner"].run_ms(feeds))
         rounds += 1
         elapsed = time.perf_counter() - start
         if rounds >= 3 and elapsed > budget_s:
@@ -400,6 +536,7 @@ def _cache_key(graph, input_shapes, threads, opts, candidates) -> str | None:
     extra = {
         "threads": threads,
         "candidates": [(c["backend"], c["variant"], c["status"], c["version"]) for c in candidates],
+        "isolate": opts["isolate"],
         "options": _jsonable({k: opts[k] for k in ("backend_options", "allow_reduced_precision", "tolerance",
                                                     "reduced_tolerance")}),
         "machine": _machine(),
