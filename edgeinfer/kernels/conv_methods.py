@@ -190,8 +190,9 @@ def channels_last(win: Window, spatial: tuple[int, int], outs, begins, channels:
 
     def touches(t: int, dl: int, st: int, b: int, d: int, o: int) -> bool:
         # does kernel tap t read a real (not padding) input row for some output row?
-        first = t * dl - b  # input row read by output 0
-        return any(0 <= first + q * st < d for q in range(o))
+        first = t * dl - b  # input row read by output 0; output q reads first + q * st
+        q = 0 if first >= 0 else -(first // st)  # the first output reading row >= 0
+        return q < o and first + q * st < d
 
     row_cost = outs[1] * channels * _EINSUM_NS_PER_MAC
     rows = [i for i in range(win.kernel[0]) if touches(i, dh, sh, bh, h, outs[0])]
@@ -240,13 +241,16 @@ def _row_steps(phase_taps: tuple, outs: tuple, h: int, bh: int, sh: int, dh: int
     for k, taps in enumerate(phase_taps):
         rows_k = sorted({i for i, _ in taps})
         cols_k = tuple(sorted({j for _, j in taps}))
-        valid = [tuple(i for i in rows_k if 0 <= q * sh + i * dh - bh < h) for q in range(ho)]
+        # output rows q in [lo, hi) read a real input row through tap row i
+        spans = {i: (max(0, -((i * dh - bh) // sh)), min(ho, (h + bh - i * dh - 1) // sh + 1)) for i in rows_k}
+        cuts = sorted({0, ho} | {min(max(x, 0), ho) for span in spans.values() for x in span})
         groups: list[tuple[int, int, tuple]] = []
-        for q, v in enumerate(valid):
+        for a, b in zip(cuts, cuts[1:]):
+            v = tuple(i for i in rows_k if spans[i][0] <= a and b <= spans[i][1])
             if groups and groups[-1][2] == v:
-                groups[-1] = (groups[-1][0], q + 1, v)
+                groups[-1] = (groups[-1][0], b, v)
             else:
-                groups.append((q, q + 1, v))
+                groups.append((a, b, v))
         whole = len(rows_k) * ho * row_cost * len(cols_k) + _EINSUM_NS_PER_CALL
         split = sum(len(v) * (b - a) * row_cost * len(cols_k) + _EINSUM_NS_PER_CALL for a, b, v in groups if v)
         pairs = sum(len(v) * (b - a) for a, b, v in groups)
