@@ -2,7 +2,7 @@
 
 Each (model, backend) pair runs in a **worker process of its own**, so load time, peak RSS and
 RSS delta are that runtime's alone. The parent drives the workers over pipes in **interleaved
-rounds**: every round asks each worker for one timed run, in a rotating order, so noise on the
+rounds**: every round asks each worker for one timed run, in a fresh random order, so noise on the
 machine (other processes, frequency changes, thermal) hits all of them alike. A worker times its
 own run with ``perf_counter`` around ``Session.run``; the pipe is not in the samples.
 
@@ -123,7 +123,7 @@ def bench(models: Iterable[str | os.PathLike], backends: str | list[str] = "all"
             live = [w for w in workers if w.row["status"] == "ok"]
             for w in live:
                 w.call({"cmd": "warmup", "n": warmup})
-            _rounds(live, runs, min_seconds, say)
+            _rounds(live, runs, min_seconds, say, seed)
             for w in live:
                 w.finish(profile and w.backend == "cpu")
             _compare_outputs(live)
@@ -235,12 +235,16 @@ def synthetic_input(dtype: str, shape: tuple, rng: np.random.Generator) -> np.nd
     return np.zeros(shape, dtype=_dt.to_numpy(dtype))
 
 
-def _rounds(live: list["_Worker"], runs, min_seconds, say) -> None:
+def _rounds(live: list["_Worker"], runs, min_seconds, say, seed: int = 0) -> None:
     if not live:
         return
     start, r = time.perf_counter(), 0
+    rng = np.random.default_rng(seed)
     while True:
-        order = live[r % len(live):] + live[: r % len(live)]
+        # a fresh random order every round: with a rotating order each worker would mostly run
+        # right after the same other one, and that is measurable (two OpenVINO processes in a
+        # row: the second ran 4-9 % slower on sub-millisecond models)
+        order = [live[k] for k in rng.permutation(len(live))]
         for w in order:
             w.samples.append(w.call({"cmd": "run"})["ms"])
         r += 1

@@ -18,7 +18,7 @@ cpu backend, timed here, and the fastest is kept.
    max abs error <= tolerance x max(1, max |cpu output|) on float outputs, exact on the rest.
    When the cpu backend fails on the synthetic feeds (a sample-rate input that must be 8000 or
    16000), the decision waits for the first ``run`` and is made on the caller's inputs.
-5. **Time**: one warm-up run each, then rounds that run every candidate once in a rotating order
+5. **Time**: one warm-up run each, then rounds that run every candidate once in a fresh random order
    (machine noise hits all alike) until each has ``runs`` samples and 0.1 s of timed runs, or
    ``budget_s`` has passed (at least 3 rounds). The lowest median wins.
 
@@ -471,8 +471,10 @@ def _time(live: list[dict], feeds: dict, runs: int, budget_s: float) -> None:
         c["runner"].run_ms(feeds)  # warm-up
         c["samples"] = []
     start, rounds = time.perf_counter(), 0
+    rng = np.random.default_rng(0)
     while True:
-        for c in live[rounds % len(live):] + live[: rounds % len(live)]:
+        for k in rng.permutation(len(live)):  # a fresh order every round (see edgeinfer.bench)
+            c = live[k]
             c["samples"].append(c["runner"].run_ms(feeds))
         rounds += 1
         elapsed = time.perf_counter() - start
