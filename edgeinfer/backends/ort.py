@@ -15,8 +15,10 @@ Options:
         (default).
     ``session_options``: ``onnxruntime.SessionOptions`` attributes by name
         (``{"enable_mem_pattern": False}``), and session config entries by their dotted key
-        (``{"session.intra_op.allow_spinning": "0"}``). ``log_severity_level`` defaults to 3
-        (errors only) so ORT's warnings about models it can run do not reach the console.
+        (``{"session.intra_op.allow_spinning": "0"}``). ``log_severity_level`` defaults to 4
+        (fatal only): ORT's warnings about models it can run stay off the console, and its
+        errors reach the caller as exceptions, not also as log lines (``auto`` tries candidates
+        that may fail).
 
 ``threads`` is ORT's ``intra_op_num_threads`` (``None`` leaves ORT's default, one thread per
 core); ``inter_op_num_threads`` is 1, since nodes run sequentially. ``run`` is thread-safe:
@@ -48,7 +50,7 @@ OPTIONS = {
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
            "all": "ORT_ENABLE_ALL"}
 _INTERNAL_DOMAIN = "edgeinfer"
-_QUIET = 3  # ORT log severity: errors and fatal only
+_QUIET = 4  # ORT log severity: fatal only (every error reaches the caller as an exception anyway)
 _OPEN_ENDED = 2**31 - 1  # the end of a kernel version range that has no end
 
 
