@@ -4,7 +4,7 @@ What is measured, per model:
 
 * latency: one thread everywhere (edgeinfer ``threads=1``, ORT intra/inter-op 1, OpenVINO
   ``INFERENCE_NUM_THREADS=1`` with f32 precision), warm-up runs, then ``--runs`` rounds that
-  run each runtime once in a rotating order (interleaved, so machine noise hits all alike);
+  run each runtime once in a fresh random order (interleaved, so machine noise hits all alike);
   the median per runtime, and the max abs difference of the outputs from ORT's;
 * load time, in fresh subprocesses after the runtime's imports: edgeinfer ``load(.eim)`` +
   ``Session``, ORT ``InferenceSession`` creation, OpenVINO ``read_model`` + ``compile_model``
@@ -254,8 +254,11 @@ def measure(name: str, kinds: list[str], runs: int, warmup: int, load_repeats: i
             r(feeds)
     times: dict[str, list[float]] = {k: [] for k in kinds}
     order = list(kinds)
+    rng = np.random.default_rng(0)
     for i in range(runs):
-        for k in order[i % len(order):] + order[:i % len(order)]:  # rotate who goes first
+        # a fresh random order every round: with a rotating one each runtime mostly runs right
+        # after the same other one (a measurable effect across processes, see edgeinfer.bench)
+        for k in (order[j] for j in rng.permutation(len(order))):
             t0 = time.perf_counter()
             runners[k](feeds)
             times[k].append(time.perf_counter() - t0)
@@ -436,7 +439,7 @@ def main() -> None:
         "runs": runs,
         "warmup": warmup,
         "load_repeats": load_repeats,
-        "method": "interleaved rounds (rotating order) after warm-up; median per runtime. Load time, first "
+        "method": "interleaved rounds (a fresh random order each round) after warm-up; median per runtime. Load time, first "
                   "run and peak RSS (VmHWM) in fresh subprocesses, one per runtime and model.",
         "edgeinfer_load": "edgeinfer.load(.eim) + Session(threads=1); the first run compiles when inputs are symbolic",
         "openvino_config": {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 1},

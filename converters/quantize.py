@@ -1,0 +1,253 @@
+"""Static int8 quantization of an IR graph: calibration on the cpu backend, then explicit QDQ.
+
+First step of the quantization work (issue 7): ``mode="static"`` with min/max calibration,
+per-channel symmetric int8 weights and per-tensor activations. The result is an ordinary IR
+graph with ``QuantizeLinear``/``DequantizeLinear`` pairs, which the cpu backend runs, the ONNX
+exporter writes as QDQ for ONNX Runtime and OpenVINO to fuse, and the TFLite exporter turns into
+int8 tensors.
+
+1. **Preparation, no hand work needed:** the importer has already put every node in the latest
+   opset form. Here constants are folded (Constant nodes and shape arithmetic), Identity and
+   Dropout go, and BatchNormalization is folded into the convolution before it, so the
+   quantized weights are the ones that run.
+2. **Calibration** (:func:`calibrate`) adds a ReduceMin and a ReduceMax per tensor to observe to a
+   copy of the graph and runs the caller's feeds through it on the cpu backend, one pass, keeping
+   running extremes. Only scalars come back, not the activations.
+3. **Rewrite** (:func:`quantize_static`): for every Conv, Gemm and MatMul,
+   * the float activation input gets a QuantizeLinear -> DequantizeLinear pair (one per tensor,
+     shared by its consumers), uint8 asymmetric by default, with zero exactly representable;
+   * a constant weight becomes int8 with one symmetric scale per output channel, read through a
+     per-axis DequantizeLinear;
+   * a constant bias becomes int32 with scale ``s_x * s_w`` (per channel), as integer kernels
+     add it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from edgeinfer.errors import EdgeInferError, InputError
+from edgeinfer.graph import Graph, Node, ValueInfo
+
+METHODS = ("minmax",)
+ACTIVATIONS = ("uint8", "int8")
+_TARGETS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class Range:
+    """Observed extremes of one tensor over the calibration set."""
+
+    lo: float
+    hi: float
+    batches: int = 0
+
+
+# ----------------------------------------------------------------------------- preparation
+def prepare(graph: Graph) -> Graph:
+    """The graph as it will be quantized: constants folded, Identity/Dropout removed and
+    BatchNormalization folded into the Conv it follows (the graph passed in is not changed)."""
+    from edgeinfer import optimize as opt
+    from edgeinfer.shape_inference import propagate
+
+    g = opt.remove_identities(graph.copy())
+    _, values = propagate(g, fold=True)
+    keep = [n for n in g.nodes if not all((not o) or o in values for o in n.outputs)]
+    needed = {i for n in keep for i in n.inputs if i} | set(g.output_names)
+    g.nodes = keep
+    g.constants = {k: v for k, v in values.items() if k in needed and k not in g.input_names}
+    g = opt.fold_batch_norm(g)
+    g.remove_unused()
+    return g
+
+
+# ----------------------------------------------------------------------------- calibration
+def observed_tensors(graph: Graph) -> list[str]:
+    """The float activations quantize_static puts a QuantizeLinear on: the non-constant inputs of
+    every Conv, Gemm and MatMul."""
+    out: list[str] = []
+    for n in graph.nodes:
+        if n.domain or n.op_type not in _TARGETS:
+            continue
+        ins = n.inputs[:2]
+        for k, name in enumerate(ins):
+            if name and name not in graph.constants and name not in out:
+                if n.op_type == "Conv" and k == 1:
+                    continue  # a run-time conv weight stays float
+                out.append(name)
+    return out
+
+
+def calibrate(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *, tensors: list[str] | None = None,
+              method: str = "minmax", progress: Callable[[int, int | None], None] | None = None) -> dict[str, Range]:
+    """Extremes of ``tensors`` (default :func:`observed_tensors`) over every feed dict, from one
+    pass on the cpu backend with ReduceMin/ReduceMax outputs added to a copy of the graph.
+
+    Raises:
+        InputError: an unknown method, no feeds, or a tensor name the graph does not have.
+    """
+    from edgeinfer.session import Session
+
+    if method not in METHODS:
+        raise InputError(f"calibration method {method!r} is not available; methods: {list(METHODS)}")
+    tensors = observed_tensors(graph) if tensors is None else list(tensors)
+    known = {o for n in graph.nodes for o in n.outputs} | set(graph.input_names)
+    missing = [t for t in tensors if t not in known]
+    if missing:
+        raise InputError(f"calibrate: the graph has no tensor(s) {missing[:5]}")
+    probe = graph.copy()
+    outs: list[tuple[str, str, str]] = []
+    for t in tensors:
+        lo, hi = probe.unique_name(t + "_calib_min"), None
+        probe.nodes.append(Node("ReduceMin", (t,), (lo,), {"keepdims": 0}))
+        hi = probe.unique_name(t + "_calib_max")
+        probe.nodes.append(Node("ReduceMax", (t,), (hi,), {"keepdims": 0}))
+        outs.append((t, lo, hi))
+    probe.outputs = [ValueInfo(name, "float32", None) for _, lo, hi in outs for name in (lo, hi)]
+    sess = Session(probe, threads=None)
+    ranges: dict[str, Range] = {}
+    total = len(feeds) if hasattr(feeds, "__len__") else None
+    count = 0
+    for feed in feeds:
+        res = sess.run(dict(feed))
+        for t, lo, hi in outs:
+            a, b = float(res[lo]), float(res[hi])
+            r = ranges.get(t)
+            if r is None:
+                ranges[t] = Range(a, b, 1)
+            else:
+                r.lo, r.hi, r.batches = min(r.lo, a), max(r.hi, b), r.batches + 1
+        count += 1
+        if progress is not None:
+            progress(count, total)
+    if not count:
+        raise InputError("calibrate: no calibration feeds were given")
+    return ranges
+
+
+# ----------------------------------------------------------------------------- rewrite
+def activation_params(r: Range, dtype: str = "uint8") -> tuple[np.float32, np.ndarray]:
+    """Scale and zero point of a per-tensor activation range; the range always holds 0, so
+    zero (padding, ReLU's floor) is exact."""
+    lo, hi = min(r.lo, 0.0), max(r.hi, 0.0)
+    if dtype == "uint8":
+        qmin, qmax, np_t = 0, 255, np.uint8
+    else:
+        qmin, qmax, np_t = -128, 127, np.int8
+    scale = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
+    zp = int(round(qmin - lo / scale))
+    zp = min(max(zp, qmin), qmax)
+    return np.float32(scale), np.array(zp, dtype=np_t)
+
+
+def weight_params(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per-channel quantization of ``w`` along ``axis``: (int8 weight, scales)."""
+    w = np.asarray(w, dtype=np.float32)
+    moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+    amax = np.abs(moved).max(axis=1) if moved.size else np.zeros(w.shape[axis], np.float32)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_static(graph: Graph, ranges: Mapping[str, Range], *, activations: str = "uint8",
+                    per_channel: bool = True, exclude: Iterable[str] = ()) -> Graph:
+    """The graph with QDQ around every Conv, Gemm and MatMul whose activations were calibrated
+    (see the module doc). ``exclude`` names nodes to keep in float."""
+    if activations not in ACTIVATIONS:
+        raise InputError(f"activations must be one of {list(ACTIVATIONS)}, got {activations!r}")
+    g = graph.copy()
+    skip = set(exclude)
+    qdq: dict[str, str] = {}  # float tensor -> its dequantized twin
+    act_scale: dict[str, np.float32] = {}
+    new_nodes: list[Node] = []
+
+    def quantized(name: str) -> str:
+        if name in qdq:
+            return qdq[name]
+        scale, zp = activation_params(ranges[name], activations)
+        s, z = g.unique_name(name + "_scale"), g.unique_name(name + "_zero_point")
+        q, dq = g.unique_name(name + "_quantized"), g.unique_name(name + "_dequantized")
+        g.constants[s], g.constants[z] = np.asarray(scale, np.float32), zp
+        new_nodes.append(Node("QuantizeLinear", (name, s, z), (q,), name=q))
+        new_nodes.append(Node("DequantizeLinear", (q, s, z), (dq,), name=dq))
+        qdq[name], act_scale[name] = dq, scale
+        return dq
+
+    for n in g.nodes:
+        target = (not n.domain and n.op_type in _TARGETS and n.name not in skip
+                  and n.inputs and n.inputs[0] in ranges)
+        if not target:
+            new_nodes.append(n)
+            continue
+        x = n.inputs[0]
+        w = n.inputs[1] if len(n.inputs) > 1 else ""
+        ins = list(n.inputs)
+        ins[0] = quantized(x)
+        axis = _weight_axis(n, g.constants.get(w))
+        if w in g.constants and axis is not None and g.constants[w].dtype == np.float32:
+            wq, ws = weight_params(g.constants[w], axis)
+            if not per_channel:
+                wq, ws = weight_params(g.constants[w].reshape(1, -1), 0)
+                wq, ws = wq.reshape(g.constants[w].shape), ws
+            ins[1] = _dequantized_constant(g, new_nodes, w, wq, ws, axis if per_channel else None)
+            b = n.inputs[2] if len(n.inputs) > 2 else ""
+            if n.op_type in ("Conv", "Gemm") and b in g.constants and g.constants[b].ndim == 1:
+                bias_scale = (act_scale[x] * ws).astype(np.float32)
+                if n.op_type == "Gemm" and g.constants[b].shape[0] != bias_scale.size:
+                    bias_scale = np.full(g.constants[b].shape, bias_scale.reshape(-1)[0], np.float32)
+                bq = np.round(g.constants[b].astype(np.float64) / bias_scale).astype(np.int64)
+                if np.all(np.abs(bq) < 2**31):
+                    ins[2] = _dequantized_constant(g, new_nodes, b, bq.astype(np.int32), bias_scale, 0)
+        elif len(n.inputs) > 1 and w in ranges and n.op_type == "MatMul":
+            ins[1] = quantized(w)  # activation @ activation (attention): both sides quantized
+        new_nodes.append(n.replace(inputs=tuple(ins)))
+    g.nodes = new_nodes
+    g.toposort()
+    g.remove_unused()
+    g.validate()
+    return g
+
+
+def _weight_axis(n: Node, w: np.ndarray | None) -> int | None:
+    """The output-channel axis of a constant weight: Conv 0, Gemm 0 with transB else 1, MatMul
+    the last (per output column)."""
+    if w is None:
+        return None
+    if n.op_type == "Conv":
+        return 0
+    if n.op_type == "Gemm":
+        return 0 if int(n.attrs.get("transB", 0)) else 1
+    return w.ndim - 1 if w.ndim >= 2 else None
+
+
+def _dequantized_constant(g: Graph, nodes: list[Node], name: str, q: np.ndarray, scale: np.ndarray,
+                          axis: int | None) -> str:
+    qn, sn, zn = g.unique_name(name + "_quantized"), g.unique_name(name + "_scale"), g.unique_name(name + "_zero_point")
+    out = g.unique_name(name + "_dequantized")
+    g.constants[qn] = q
+    g.constants[sn] = np.asarray(scale, np.float32).reshape(-1) if axis is not None else np.asarray(scale, np.float32).reshape(())
+    g.constants[zn] = np.zeros(g.constants[sn].shape, q.dtype)
+    attrs = {"axis": int(axis)} if axis is not None and g.constants[sn].size > 1 else {}
+    if not attrs:  # one scale: scalar parameters
+        g.constants[sn] = g.constants[sn].reshape(-1)[:1].reshape(())
+        g.constants[zn] = np.zeros((), q.dtype)
+    nodes.append(Node("DequantizeLinear", (qn, sn, zn), (out,), attrs, name=out))
+    return out
+
+
+def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]], *, mode: str = "static",
+             method: str = "minmax", activations: str = "uint8", per_channel: bool = True,
+             exclude: Iterable[str] = (), progress: Callable[[int, int | None], None] | None = None) -> Graph:
+    """Quantize ``graph``: prepare it, calibrate on ``calibration`` (an iterable of feed dicts),
+    and rewrite it with QDQ. Only ``mode="static"`` exists so far."""
+    if mode != "static":
+        raise EdgeInferError(f"quantization mode {mode!r} is not implemented yet; available: 'static'")
+    prepared = prepare(graph)
+    ranges = calibrate(prepared, calibration, method=method, progress=progress)
+    return quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=exclude)
+

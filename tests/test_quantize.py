@@ -1,0 +1,111 @@
+"""Static int8 quantization (first step of issue 7): calibration on the cpu backend, explicit QDQ
+that every backend runs, accuracy kept on the bundled digits CNN."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer import InputError
+from edgeinfer.converters.quantize import (Range, activation_params, calibrate, observed_tensors, prepare, quantize,
+                                           weight_params)
+
+EXAMPLES = Path(edgeinfer.__file__).parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    g = edgeinfer.load(EXAMPLES / "digits_cnn.onnx")
+    d = np.load(EXAMPLES / "digits_test.npz")
+    x, y = d["images"], d["labels"]
+    # calibration and evaluation never share an image
+    calib = [{"image": x[i:i + 10]} for i in range(0, 100, 10)]
+    return g, calib, x[100:], y[100:]
+
+
+@pytest.fixture(scope="module")
+def quantized(digits):
+    g, calib, _, _ = digits
+    seen = []
+    q = quantize(g, calib, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (10, 10)
+    return q
+
+
+def _accuracy(graph, x, y, backend="cpu"):
+    return float((edgeinfer.Session(graph, backend=backend).run({"image": x})["logits"].argmax(1) == y).mean())
+
+
+def test_graph_shape_after_quantization(quantized):
+    ops = quantized.op_histogram()
+    # 3 activations (2 Conv inputs, the Gemm input) quantized once each; 3 weights and 3 biases
+    # read through DequantizeLinear; BatchNormalization folded away before quantizing
+    assert ops["QuantizeLinear"] == 3 and ops["DequantizeLinear"] == 9
+    assert "BatchNormalization" not in ops
+    read = [quantized.constants.get(n.inputs[0]) for n in quantized.nodes if n.op_type == "DequantizeLinear"]
+    consts = [v for v in read if v is not None]
+    assert sum(v.dtype == np.int8 and v.ndim == 4 for v in consts) == 2  # the conv weights
+    assert sum(v.dtype == np.int8 and v.ndim == 2 for v in consts) == 1  # the Gemm weight
+    assert sum(v.dtype == np.int32 for v in consts) == 3  # the biases
+
+
+def test_int8_accuracy_within_half_a_point_on_every_backend(digits, quantized):
+    g, _, x, y = digits
+    fp32 = _accuracy(g, x, y)
+    for backend in ("cpu", "ort", "openvino", "litert"):
+        acc = _accuracy(quantized, x, y, backend)
+        assert acc >= fp32 - 0.005, (backend, acc, fp32)
+
+
+def test_exported_qdq_model_is_smaller_and_loads_in_onnxruntime(tmp_path, digits, quantized):
+    import onnxruntime as ort
+
+    g, _, x, y = digits
+    edgeinfer.save(quantized, tmp_path / "q.onnx")
+    assert (tmp_path / "q.onnx").stat().st_size < 0.6 * (EXAMPLES / "digits_cnn.onnx").stat().st_size
+    sess = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"image": x})[0]
+    want = edgeinfer.Session(quantized).run({"image": x})["logits"]
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.99
+
+
+def test_prepare_folds_batch_norm_and_keeps_results(digits):
+    g, _, x, _ = digits
+    p = prepare(g)
+    assert "BatchNormalization" not in p.op_histogram()
+    np.testing.assert_allclose(edgeinfer.Session(p).run({"image": x})["logits"],
+                               edgeinfer.Session(g).run({"image": x})["logits"], rtol=1e-4, atol=1e-4)
+    assert observed_tensors(p) == ["image", "relu1", "flat"]
+
+
+def test_calibration_sees_the_true_extremes(digits):
+    g, calib, _, _ = digits
+    p = prepare(g)
+    ranges = calibrate(p, calib)
+    images = np.concatenate([c["image"] for c in calib])
+    assert ranges["image"].lo == pytest.approx(float(images.min()))
+    assert ranges["image"].hi == pytest.approx(float(images.max()))
+    assert ranges["relu1"].lo >= 0 and ranges["relu1"].batches == len(calib)
+
+
+def test_quantization_parameters():
+    scale, zp = activation_params(Range(-1.0, 3.0), "uint8")
+    scale = float(scale)
+    assert zp.dtype == np.uint8 and scale == pytest.approx(4.0 / 255)
+    assert -int(zp) * scale == pytest.approx(-1.0, abs=scale)  # the low end maps to 0
+    scale, zp = activation_params(Range(0.5, 2.0), "int8")  # the range is widened to hold 0
+    assert zp.dtype == np.int8 and int(zp) == -128 and float(scale) == pytest.approx(2.0 / 255)
+    w = np.random.default_rng(0).standard_normal((6, 4, 3, 3)).astype(np.float32)
+    q, s = weight_params(w, 0)
+    assert q.dtype == np.int8 and s.shape == (6,) and np.abs(q).max() <= 127
+    assert np.all(np.abs(q * s.reshape(-1, 1, 1, 1) - w) <= s.reshape(-1, 1, 1, 1) / 2 + 1e-7)
+
+
+def test_bad_arguments_are_named(digits):
+    g, calib, _, _ = digits
+    with pytest.raises(InputError, match="method"):
+        calibrate(prepare(g), calib, method="kl")
+    with pytest.raises(InputError, match="no calibration feeds"):
+        calibrate(prepare(g), [])
+    with pytest.raises(InputError, match="no tensor"):
+        calibrate(prepare(g), calib, tensors=["nope"])
