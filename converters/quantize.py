@@ -31,7 +31,7 @@ import numpy as np
 from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.graph import Graph, Node, ValueInfo
 
-METHODS = ("minmax",)
+METHODS = ("minmax", "percentile", "mse", "entropy")
 ACTIVATIONS = ("uint8", "int8")
 _TARGETS = ("Conv", "Gemm", "MatMul")
 
@@ -81,9 +81,14 @@ def observed_tensors(graph: Graph) -> list[str]:
 
 
 def calibrate(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *, tensors: list[str] | None = None,
-              method: str = "minmax", progress: Callable[[int, int | None], None] | None = None) -> dict[str, Range]:
-    """Extremes of ``tensors`` (default :func:`observed_tensors`) over every feed dict, from one
-    pass on the cpu backend with ReduceMin/ReduceMax outputs added to a copy of the graph.
+              method: str = "minmax", percentile: float = 99.99,
+              progress: Callable[[int, int | None], None] | None = None) -> dict[str, Range]:
+    """The range to quantize of each of ``tensors`` (default :func:`observed_tensors`), from one
+    pass over the feed dicts on the cpu backend.
+
+    ``minmax`` adds a ReduceMin and a ReduceMax per tensor to a copy of the graph (only scalars
+    come back); ``percentile``, ``mse`` and ``entropy`` read the tensors into growing histograms
+    and choose a clipped range (:mod:`.calibration`).
 
     Raises:
         InputError: an unknown method, no feeds, or a tensor name the graph does not have.
@@ -97,6 +102,8 @@ def calibrate(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *, tensor
     missing = [t for t in tensors if t not in known]
     if missing:
         raise InputError(f"calibrate: the graph has no tensor(s) {missing[:5]}")
+    if method != "minmax":
+        return _calibrate_histograms(graph, feeds, tensors, method, percentile, progress)
     probe = graph.copy()
     outs: list[tuple[str, str, str]] = []
     for t in tensors:
@@ -125,6 +132,29 @@ def calibrate(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *, tensor
     if not count:
         raise InputError("calibrate: no calibration feeds were given")
     return ranges
+
+
+def _calibrate_histograms(graph, feeds, tensors, method, percentile, progress) -> dict[str, Range]:
+    from edgeinfer.session import Session
+
+    from .calibration import Histogram, choose
+
+    probe = graph.copy()
+    probe.outputs = [ValueInfo(t, "float32", None) for t in tensors]
+    sess = Session(probe, threads=None)
+    hists = {t: Histogram() for t in tensors}
+    total = len(feeds) if hasattr(feeds, "__len__") else None
+    count = 0
+    for feed in feeds:
+        res = sess.run(dict(feed))
+        for t in tensors:
+            hists[t].add(res[t])
+        count += 1
+        if progress is not None:
+            progress(count, total)
+    if not count:
+        raise InputError("calibrate: no calibration feeds were given")
+    return {t: Range(*choose(h, method, percentile), count) for t, h in hists.items()}
 
 
 # ----------------------------------------------------------------------------- rewrite
@@ -241,13 +271,13 @@ def _dequantized_constant(g: Graph, nodes: list[Node], name: str, q: np.ndarray,
 
 
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]], *, mode: str = "static",
-             method: str = "minmax", activations: str = "uint8", per_channel: bool = True,
+             method: str = "minmax", percentile: float = 99.99, activations: str = "uint8", per_channel: bool = True,
              exclude: Iterable[str] = (), progress: Callable[[int, int | None], None] | None = None) -> Graph:
     """Quantize ``graph``: prepare it, calibrate on ``calibration`` (an iterable of feed dicts),
     and rewrite it with QDQ. Only ``mode="static"`` exists so far."""
     if mode != "static":
         raise EdgeInferError(f"quantization mode {mode!r} is not implemented yet; available: 'static'")
     prepared = prepare(graph)
-    ranges = calibrate(prepared, calibration, method=method, progress=progress)
+    ranges = calibrate(prepared, calibration, method=method, percentile=percentile, progress=progress)
     return quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=exclude)
 

@@ -109,3 +109,44 @@ def test_bad_arguments_are_named(digits):
         calibrate(prepare(g), [])
     with pytest.raises(InputError, match="no tensor"):
         calibrate(prepare(g), calib, tensors=["nope"])
+
+
+def test_histogram_keeps_every_count_while_its_range_grows():
+    from edgeinfer.converters.calibration import Histogram
+
+    rng = np.random.default_rng(0)
+    h = Histogram()
+    batches = [rng.normal(0, s, 5000).astype(np.float32) for s in (0.1, 1.0, 5.0)] + [np.array([-40.0, 60.0])]
+    for b in batches:
+        h.add(b)
+    allv = np.concatenate(batches)
+    assert h.counts.sum() == allv.size
+    assert h.lo <= allv.min() and h.hi > allv.max()
+    e = h.edges()
+    # the histogram's own cumulative counts agree with the data's at every edge (bins only merge)
+    for edge in e[:: 256]:
+        assert abs(np.searchsorted(np.sort(allv), edge) - h.counts[: np.searchsorted(e, edge)].sum()) <= 1
+
+
+@pytest.mark.parametrize("method", ["percentile", "mse", "entropy"])
+def test_histogram_methods_clip_outliers(method):
+    from edgeinfer.converters.calibration import Histogram, choose
+
+    rng = np.random.default_rng(1)
+    x = np.abs(rng.normal(0, 1, 1_000_000)).astype(np.float32)  # a ReLU-like activation
+    x[0] = 30.0  # one outlier: clipping it costs less squared error than the coarser steps keeping it
+    h = Histogram()
+    for part in np.array_split(x, 10):
+        h.add(part)
+    lo, hi = choose(h, method)
+    assert lo == pytest.approx(0.0, abs=0.05)
+    assert 2.5 < hi < 20, (method, hi)  # min/max would say 80; |N(0,1)| reaches ~4.4 here
+
+
+@pytest.mark.parametrize("method, drop", [("percentile", 0.005), ("mse", 0.005), ("entropy", 0.03)])
+def test_every_method_keeps_digits_accuracy(digits, method, drop):
+    """KL clips hardest: on 100 calibration images it cuts the conv activations to a quarter of
+    their range (measured 97.4 -> 95.7 %); the other methods keep fp32's accuracy."""
+    g, calib, x, y = digits
+    q = quantize(g, calib, method=method)
+    assert _accuracy(q, x, y) >= _accuracy(g, x, y) - drop

@@ -1,0 +1,150 @@
+"""Histogram calibration: which range of a tensor's values to quantize.
+
+min/max keeps every value and wastes levels on rare outliers; the histogram methods clip them:
+
+* ``percentile``: the range that holds all but ``100 - percentile`` % of the values (split
+  between the two tails by their own weight);
+* ``mse``: the range minimising the expected squared error: clipping error outside it, plus
+  rounding error step²/12 for every value inside;
+* ``entropy``: TensorRT's KL-divergence rule: the range whose 255-level quantized histogram is
+  closest (in KL divergence) to the reference histogram with its tails folded into the edge bins.
+
+A :class:`Histogram` accumulates batches whose range grows: when a batch reaches past the current
+edges, the bins are widened by an integer factor and merged, so counts are never re-estimated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BINS = 2048
+LEVELS = 256
+
+
+class Histogram:
+    """Counts of a tensor's values in ``BINS`` equal bins over ``[lo, hi)`` that widen as needed."""
+
+    def __init__(self, bins: int = BINS):
+        self.bins = bins
+        self.counts = np.zeros(bins, np.int64)
+        self.lo = self.hi = None
+        self.seen_lo, self.seen_hi = np.inf, -np.inf
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float32).ravel()
+        x = x[np.isfinite(x)]
+        if not x.size:
+            return
+        a, b = float(x.min()), float(x.max())
+        self.seen_lo, self.seen_hi = min(self.seen_lo, a), max(self.seen_hi, b)
+        if self.lo is None:
+            span = max(b - a, 1e-8)
+            self.lo, self.hi = a, a + span * (1 + 1e-6)
+        while a < self.lo or b >= self.hi:
+            self._widen(a, b)
+        idx = ((x - self.lo) * (self.bins / (self.hi - self.lo))).astype(np.int64)
+        np.clip(idx, 0, self.bins - 1, out=idx)
+        self.counts += np.bincount(idx, minlength=self.bins)
+
+    def _widen(self, a: float, b: float) -> None:
+        # double the width towards the side that overflows; merge bin pairs so old counts stay exact
+        width = self.hi - self.lo
+        merged = self.counts.reshape(-1, 2).sum(axis=1)
+        self.counts = np.zeros(self.bins, np.int64)
+        if a < self.lo:
+            self.counts[self.bins // 2:] = merged
+            self.lo -= width
+        else:
+            self.counts[: self.bins // 2] = merged
+            self.hi += width
+
+    def edges(self) -> np.ndarray:
+        return np.linspace(self.lo, self.hi, self.bins + 1)
+
+
+def choose(h: Histogram, method: str, percentile: float = 99.99) -> tuple[float, float]:
+    """(lo, hi) of the tensor for ``method``; the result always lies within the values seen."""
+    if h.lo is None:
+        return 0.0, 0.0
+    if method == "percentile":
+        return _percentile(h, percentile)
+    if method == "mse":
+        return _best_range(h, _mse_cost)
+    if method == "entropy":
+        return _best_range(h, _kl_cost)
+    raise ValueError(f"unknown histogram method {method!r}")
+
+
+def _percentile(h: Histogram, p: float) -> tuple[float, float]:
+    c = np.cumsum(h.counts)
+    total = c[-1]
+    tail = total * (100.0 - p) / 100.0
+    e = h.edges()
+    lo_i = int(np.searchsorted(c, tail / 2, side="right"))
+    hi_i = int(np.searchsorted(c, total - tail / 2, side="left"))
+    lo, hi = float(e[min(lo_i, h.bins - 1)]), float(e[min(hi_i + 1, h.bins)])
+    return max(lo, h.seen_lo), min(hi, h.seen_hi)
+
+
+def _candidates(h: Histogram) -> list[tuple[int, int]]:
+    """Bin ranges [i, j) to try: the full range shrunk from either side, on a coarse grid (finer
+    near the full range), always keeping the bin that holds zero (activations quantize with
+    zero exactly representable)."""
+    e = h.edges()
+    zero = int(np.clip(np.searchsorted(e, 0.0, side="right") - 1, 0, h.bins - 1))
+    nz = np.nonzero(h.counts)[0]
+    first, last = int(nz[0]), int(nz[-1]) + 1
+    steps = np.unique(np.linspace(0, 1, 32) ** 2)
+    out = set()
+    for s_lo in steps:
+        for s_hi in steps:
+            i = first + int(round(s_lo * max(zero - first, 0)))
+            j = last - int(round(s_hi * max(last - zero - 1, 0)))
+            if j - i >= 2:
+                out.add((i, j))
+    return sorted(out, key=lambda ij: (ij[0] - ij[1], ij[0]))  # widest first: ties keep the wider range
+
+
+def _best_range(h: Histogram, cost) -> tuple[float, float]:
+    e = h.edges()
+    centers = (e[:-1] + e[1:]) / 2
+    counts = h.counts.astype(np.float64)
+    # prefix sums of counts * center^k: the clipping error of any range in O(1)
+    pre = [np.concatenate([[0.0], np.cumsum(counts * centers ** k)]) for k in range(3)]
+    best, best_cost = None, np.inf
+    for i, j in _candidates(h):
+        c = cost(counts, pre, e, i, j)
+        if c < best_cost:
+            best, best_cost = (i, j), c
+    i, j = best
+    return max(float(e[i]), h.seen_lo), min(float(e[j]), h.seen_hi)
+
+
+def _mse_cost(counts, pre, e, i, j) -> float:
+    lo, hi = e[i], e[j]
+    n = len(counts)
+    s0, s1, s2 = pre
+
+    def clip(a, b, edge):  # sum over bins [a, b) of count * (center - edge)^2
+        return (s2[b] - s2[a]) - 2 * edge * (s1[b] - s1[a]) + edge * edge * (s0[b] - s0[a])
+
+    step = (hi - lo) / (LEVELS - 1)
+    inside = s0[j] - s0[i]
+    return float(clip(0, i, lo) + clip(j, n, hi) + inside * step * step / 12.0)
+
+
+def _kl_cost(counts, pre, e, i, j) -> float:
+    p = counts[i:j].copy()
+    p[0] += counts[:i].sum()
+    p[-1] += counts[j:].sum()
+    n = p.size
+    if n < LEVELS:
+        return np.inf  # narrower than the quantization grid: nothing to compare (TensorRT starts wider)
+    # q: p merged into LEVELS groups, each group's mass spread evenly over its non-empty bins
+    bounds = np.linspace(0, n, LEVELS + 1).astype(np.int64)
+    starts = bounds[:-1]
+    present = (p > 0).astype(np.float64)
+    sums, nonempty = np.add.reduceat(p, starts), np.add.reduceat(present, starts)
+    q = np.repeat(np.where(nonempty > 0, sums / np.maximum(nonempty, 1), 0.0), np.diff(bounds)) * present
+    mask = p > 0
+    ps, qs = p[mask] / p.sum(), q[mask] / q.sum()
+    return float(np.sum(ps * np.log(ps / np.maximum(qs, 1e-12))))
