@@ -133,18 +133,23 @@ def _mse_cost(counts, pre, e, i, j) -> float:
 
 
 def _kl_cost(counts, pre, e, i, j) -> float:
-    p = counts[i:j].copy()
+    """KL(P || Q), TensorRT's way: P is the clipped histogram with the tails folded into its edge
+    bins; Q quantizes the clipped bins *without* the folded tails into LEVELS groups (each group's
+    mass spread over its non-empty bins), so clipping is paid for at the edges."""
+    base = counts[i:j]
+    n = base.size
+    if n < LEVELS:
+        return np.inf  # narrower than the quantization grid: nothing to compare
+    p = base.copy()
     p[0] += counts[:i].sum()
     p[-1] += counts[j:].sum()
-    n = p.size
-    if n < LEVELS:
-        return np.inf  # narrower than the quantization grid: nothing to compare (TensorRT starts wider)
-    # q: p merged into LEVELS groups, each group's mass spread evenly over its non-empty bins
     bounds = np.linspace(0, n, LEVELS + 1).astype(np.int64)
     starts = bounds[:-1]
-    present = (p > 0).astype(np.float64)
-    sums, nonempty = np.add.reduceat(p, starts), np.add.reduceat(present, starts)
+    present = (base > 0).astype(np.float64)
+    sums, nonempty = np.add.reduceat(base, starts), np.add.reduceat(present, starts)
     q = np.repeat(np.where(nonempty > 0, sums / np.maximum(nonempty, 1), 0.0), np.diff(bounds)) * present
     mask = p > 0
+    if q.sum() <= 0:
+        return np.inf
     ps, qs = p[mask] / p.sum(), q[mask] / q.sum()
     return float(np.sum(ps * np.log(ps / np.maximum(qs, 1e-12))))
