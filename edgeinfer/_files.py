@@ -1,4 +1,4 @@
-"""Opening a model file for reading, the same way for every format.
+"""Opening a model file for reading, the same way for every format; writing a file atomically.
 
 The path is opened without following it into anything but a regular file (a FIFO would block
 ``open``, a device could stream forever): O_NONBLOCK for the open, then ``fstat`` on the
@@ -7,10 +7,12 @@ with a check that the file did not change size while it was read.
 """
 from __future__ import annotations
 
+import contextlib
 import mmap as _mmap
 import os
+import secrets
 import stat
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -75,3 +77,32 @@ def aligned_buffer(size: int) -> np.ndarray:
     base = np.empty(size + _ALIGNMENT, np.uint8)
     start = -base.ctypes.data % _ALIGNMENT
     return base[start : start + size]
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Create the file at ``path`` through ``write(f)`` into a new file beside it, fsync it, and
+    rename it onto ``path``: readers see the old file or the new one, never half of one. On
+    failure the temporary file is removed and an existing ``path`` is left as it was; a symlink
+    at ``path`` is replaced, not written through. The folder is fsynced so the rename lasts."""
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    # like tempfile.mkstemp (O_EXCL, random name), but with the mode a new file gets from open()
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

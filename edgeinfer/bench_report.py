@@ -27,18 +27,17 @@ the PNG escapes matplotlib's ``$`` math markup.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import html
 import io
 import json
 import math
 import os
-import secrets
 from typing import Any, Iterable
 
 import numpy as np
 
+from ._files import write_atomic
 from .errors import MissingDependencyError
 
 SCHEMA = "edgeinfer.bench/1"
@@ -234,27 +233,8 @@ def format_table(report: dict) -> str:
 
 # ----------------------------------------------------------------------------- files
 def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a new file beside ``path``, fsync it, then rename it onto ``path``.
-
-    The same recipe as :func:`edgeinfer.format.save_eim` (which keeps its own inline): readers see
-    the old file or the new one, never half of one; on failure the temporary file is removed and
-    an existing ``path`` is left as it was; a symlink at ``path`` is replaced, not written through.
-    """
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    tmp = os.path.join(folder, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """``data`` written atomically (:func:`edgeinfer._files.write_atomic`)."""
+    write_atomic(path, lambda f: f.write(data))
 
 
 def _json_safe(v: Any) -> Any:

@@ -63,13 +63,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import functools
 import io
 import json
 import os
 import re
-import secrets
 import struct
 import zlib
 from dataclasses import dataclass
@@ -78,7 +76,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import dtypes as _dt
-from ._files import aligned_buffer, read_model_file
+from ._files import aligned_buffer, read_model_file, write_atomic
 from .errors import EdgeInferError, ExportError, GraphError, ModelFormatError
 from .graph import MAX_SUBGRAPH_DEPTH, Graph, Node, ValueInfo
 
@@ -742,30 +740,13 @@ def save_eim(graph: Graph, path: str | os.PathLike) -> None:
         OSError: the folder is missing or not writable, or the disk is full.
     """
     head, blobs = _plan(graph)
-    target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    # like tempfile.mkstemp (O_EXCL, random name), but with the mode a new file gets from open()
-    tmp = os.path.join(folder, f".{os.path.basename(target)}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(head)
-            for blob in blobs:
-                _write_blob(f, blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError, AttributeError):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+
+    def write(f) -> None:
+        f.write(head)
+        for blob in blobs:
+            _write_blob(f, blob)
+
+    write_atomic(path, write)
 
 
 __all__ = ["save_eim", "load_eim", "dumps_eim", "loads_eim", "MAGIC", "FORMAT_VERSION", "ALIGNMENT"]

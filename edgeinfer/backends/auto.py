@@ -571,21 +571,15 @@ def _cached_choice(key, graph, input_shapes, threads, opts, candidates):
 
 
 def _store(key: str, report: dict) -> None:
+    from .._files import write_atomic
+
     path = _cache_file(key)
     try:
+        data = json.dumps(report, indent=1).encode("utf-8")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auto-", suffix=".tmp")
-    except OSError:
-        return  # a read-only cache folder costs a re-measure next time, nothing else
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: f.write(data))
     except (OSError, TypeError, ValueError):
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass  # a read-only cache folder costs a re-measure next time, nothing else
 
 
 def _jsonable(obj):
