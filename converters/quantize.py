@@ -270,13 +270,124 @@ def _dequantized_constant(g: Graph, nodes: list[Node], name: str, q: np.ndarray,
     return out
 
 
+# ----------------------------------------------------------------------------- no calibration
+def convert_float(graph: Graph, dtype: str = "float16", *, min_elements: int = 16) -> Graph:
+    """Float weights stored in half precision (``float16`` or ``bfloat16``) and widened back to
+    float32 by a Cast where they are read: the file halves, every backend still computes in
+    float32 (folding the Cast once at load), and rounding is the only change. Constants with
+    fewer than ``min_elements`` values (shapes, scalars, scales) stay as they are."""
+    if dtype not in ("float16", "bfloat16"):
+        raise InputError(f"convert_float: dtype must be 'float16' or 'bfloat16', got {dtype!r}")
+    from edgeinfer import dtypes as _dt
+
+    g = prepare(graph)
+    half = _dt.to_numpy(dtype)
+    casts: list[Node] = []
+    for name in list(g.constants):
+        v = g.constants[name]
+        if v.dtype != np.float32 or v.size < min_elements:
+            continue
+        stored = g.unique_name(name + ("_fp16" if dtype == "float16" else "_bf16"))
+        g.constants[stored] = v.astype(half)
+        del g.constants[name]
+        casts.append(Node("Cast", (stored,), (name,), {"to": "float32"}, name=g.unique_name(name + "_widen")))
+    g.nodes = casts + g.nodes
+    g.validate()
+    return g
+
+
+def quantize_weights(graph: Graph, *, weights: str = "int8", block_size: int = 0,
+                     ops: Iterable[str] = ("MatMul", "Gemm", "Conv"), exclude: Iterable[str] = ()) -> Graph:
+    """Weight-only quantization: constant weights of ``ops`` stored as int8 (one symmetric
+    scale per output channel) or int4 (one scale per ``block_size`` values along the input
+    dimension, 32 by default), read through DequantizeLinear; activations stay float."""
+    from edgeinfer import dtypes as _dt
+
+    if weights not in ("int8", "int4"):
+        raise InputError(f"quantize_weights: weights must be 'int8' or 'int4', got {weights!r}")
+    if weights == "int4" and not block_size:
+        block_size = 32
+    g = prepare(graph)
+    skip, kinds = set(exclude), set(ops)
+    new_nodes: list[Node] = []
+    done: dict[str, str] = {}
+    for n in g.nodes:
+        w = n.inputs[1] if len(n.inputs) > 1 else ""
+        axis = _weight_axis(n, g.constants.get(w)) if (not n.domain and n.op_type in kinds and n.name not in skip) else None
+        if axis is None or w not in g.constants or g.constants[w].dtype != np.float32 or g.constants[w].ndim < 2:
+            new_nodes.append(n)
+            continue
+        if w not in done:
+            wv = g.constants[w]
+            if weights == "int8" and not block_size:
+                q, scale = weight_params(wv, axis)
+                done[w] = _dequantized_constant(g, new_nodes, w, q, scale, axis)
+            else:
+                k_axis = _input_axis(n, wv)
+                q, scale = _blocked_params(wv, k_axis, block_size, 7 if weights == "int4" else 127)
+                q = q.astype(_dt.to_numpy("int4")) if weights == "int4" else q.astype(np.int8)
+                done[w] = _blocked_dequantized(g, new_nodes, w, q, scale, k_axis, block_size)
+        ins = list(n.inputs)
+        ins[1] = done[w]
+        new_nodes.append(n.replace(inputs=tuple(ins)))
+    g.nodes = new_nodes
+    g.toposort()
+    g.remove_unused()
+    g.validate()
+    return g
+
+
+def _input_axis(n: Node, w: np.ndarray) -> int:
+    """The reduction (input-channel) axis of a weight: Conv 1, Gemm 1 with transB else 0,
+    MatMul the second to last."""
+    if n.op_type == "Conv":
+        return 1
+    if n.op_type == "Gemm":
+        return 1 if int(n.attrs.get("transB", 0)) else 0
+    return w.ndim - 2
+
+
+def _blocked_params(w: np.ndarray, axis: int, block: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric quantization with one scale per ``block`` values along ``axis``: (q, scales of
+    w's rank with that axis shortened to ceil(D / block))."""
+    d = w.shape[axis]
+    nb = -(-d // block)
+    pad = nb * block - d
+    moved = np.moveaxis(w, axis, -1)
+    if pad:
+        moved = np.concatenate([moved, np.zeros(moved.shape[:-1] + (pad,), w.dtype)], axis=-1)
+    blocks = moved.reshape(moved.shape[:-1] + (nb, block))
+    amax = np.abs(blocks).max(axis=-1)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.round(blocks / scale[..., None]), -qmax, qmax)
+    q = q.reshape(moved.shape)[..., :d]
+    return np.moveaxis(q, -1, axis), np.moveaxis(scale, -1, axis)
+
+
+def _blocked_dequantized(g: Graph, nodes: list[Node], name: str, q: np.ndarray, scale: np.ndarray, axis: int,
+                         block: int) -> str:
+    qn, sn = g.unique_name(name + "_quantized"), g.unique_name(name + "_scale")
+    out = g.unique_name(name + "_dequantized")
+    g.constants[qn], g.constants[sn] = q, scale
+    nodes.append(Node("DequantizeLinear", (qn, sn), (out,), {"axis": int(axis), "block_size": int(block)}, name=out))
+    return out
+
+
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]], *, mode: str = "static",
              method: str = "minmax", percentile: float = 99.99, activations: str = "uint8", per_channel: bool = True,
+             weights: str = "int8", block_size: int = 0,
              exclude: Iterable[str] = (), progress: Callable[[int, int | None], None] | None = None) -> Graph:
-    """Quantize ``graph``: prepare it, calibrate on ``calibration`` (an iterable of feed dicts),
-    and rewrite it with QDQ. Only ``mode="static"`` exists so far."""
+    """Quantize ``graph``. ``mode="static"``: prepare, calibrate on ``calibration`` (an iterable
+    of feed dicts) and rewrite with QDQ; ``"weight_only"``: int8/int4 weights, no calibration
+    (``calibration`` may be empty); ``"fp16"``/``"bf16"``: half-precision weight storage.
+    Dynamic quantization is not implemented yet."""
+    if mode in ("fp16", "bf16"):
+        return convert_float(graph, "float16" if mode == "fp16" else "bfloat16")
+    if mode == "weight_only":
+        return quantize_weights(graph, weights=weights, block_size=block_size, exclude=exclude)
     if mode != "static":
-        raise EdgeInferError(f"quantization mode {mode!r} is not implemented yet; available: 'static'")
+        raise EdgeInferError(f"quantization mode {mode!r} is not implemented yet; available: "
+                             f"'static', 'weight_only', 'fp16', 'bf16'")
     prepared = prepare(graph)
     ranges = calibrate(prepared, calibration, method=method, percentile=percentile, progress=progress)
     return quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=exclude)

@@ -150,3 +150,44 @@ def test_every_method_keeps_digits_accuracy(digits, method, drop):
     g, calib, x, y = digits
     q = quantize(g, calib, method=method)
     assert _accuracy(q, x, y) >= _accuracy(g, x, y) - drop
+
+
+@pytest.mark.parametrize("mode, kw, stored, drop", [
+    ("fp16", {}, "float16", 0.005), ("bf16", {}, "bfloat16", 0.005),
+    ("weight_only", {"weights": "int8"}, "int8", 0.005), ("weight_only", {"weights": "int4"}, "int4", 0.01),
+])
+def test_modes_without_calibration_keep_accuracy_on_every_backend(digits, mode, kw, stored, drop):
+    from edgeinfer import dtypes as _dt
+
+    g, _, x, y = digits
+    q = quantize(g, [], mode=mode, **kw)
+    ops = q.op_histogram()
+    if mode == "weight_only":
+        assert ops["DequantizeLinear"] == 3 and "QuantizeLinear" not in ops  # the 3 weights only
+    else:
+        assert ops["Cast"] >= 3  # one widening Cast per weight (and per large enough bias)
+    read = [n.inputs[0] for n in q.nodes if n.op_type in ("Cast", "DequantizeLinear")]
+    assert {_dt.from_numpy(q.constants[r].dtype) for r in read} == {stored}
+    fp32 = _accuracy(g, x, y)
+    backends = ("cpu", "ort", "litert") if stored == "int4" else ("cpu", "ort", "openvino", "litert")
+    for backend in backends:
+        assert _accuracy(q, x, y, backend) >= fp32 - drop, backend
+
+
+@pytest.mark.parametrize("mode, kw, most", [
+    ("fp16", {}, 0.52), ("weight_only", {"weights": "int8"}, 0.27), ("weight_only", {"weights": "int4", "block_size": 64}, 0.15),
+])
+def test_exported_onnx_shrinks(mode, kw, most):
+    from edgeinfer.converters.onnx_export import export_onnx
+    from edgeinfer.graph import Graph, Node, ValueInfo
+
+    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    g = Graph(inputs=[ValueInfo("x", "float32", (4, 512))], outputs=[ValueInfo("y", "float32", (4, 512))],
+              nodes=[Node("MatMul", ("x", "w"), ("y",))], constants={"w": w}, opset={"": 21})
+    q = quantize(g, [], mode=mode, **kw)
+    size = lambda graph: len(export_onnx(graph).SerializeToString())  # noqa: E731
+    assert size(q) <= most * size(g)
+    x = np.random.default_rng(1).standard_normal((4, 512)).astype(np.float32)
+    ref, got = (x @ w).ravel(), edgeinfer.Session(q).run({"x": x})["y"].ravel()
+    cosine = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
+    assert cosine >= {"fp16": 0.99999, "int8": 0.9999, "int4": 0.99}[kw.get("weights", "fp16")], cosine
