@@ -460,6 +460,89 @@ def _print_profile(report: dict, top: int) -> None:
         click.echo(f"  {e['total_ms'] / runs:9.3f}  {100 * e['share']:5.1f}%  {op} x{e['nodes']}")
 
 
+# ------------------------------------------------------------------------ quantize
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--calib", "calib", type=click.Path(path_type=Path), default=None,
+              help="Calibration inputs: an .npz of arrays by input name (split along the first axis into "
+                   "--calib-batch batches), or a folder of such .npz files. Needed by --mode static.")
+@click.option("--mode", type=click.Choice(["static", "weight_only", "fp16", "bf16"]), default="static",
+              show_default=True)
+@click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy"]), default="minmax",
+              show_default=True, help="How calibration chooses each activation's range.")
+@click.option("--weights", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
+              help="Weight type for --mode weight_only.")
+@click.option("--block-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Values per scale for --mode weight_only (0: per channel for int8, 32 for int4).")
+@click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--calib-batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--exclude", multiple=True, metavar="NODE", help="A node to keep in float (repeatable).")
+def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, activations, calib_batch, exclude) -> None:
+    """Quantize SRC into DST (.onnx, .eim or .tflite by suffix).
+
+    Static int8 writes explicit QDQ: per-channel int8 weights, int32 biases, per-tensor
+    activations calibrated on --calib. The others need no calibration data.
+    """
+    from .converters.quantize import quantize as run_quantize
+
+    if dst.resolve() == src.resolve():
+        raise CliError(f"output '{dst}' is the input file; choose another path")
+    graph = _load(src, check_supported=True)
+    feeds: list[dict] = []
+    if mode == "static":
+        if calib is None:
+            raise CliError("--mode static needs calibration inputs: --calib FILE.npz or a folder of .npz files")
+        feeds = _calibration_feeds(calib, graph, calib_batch)
+    bar = _ProgressBar(sys.stderr, label="quantize")
+    try:
+        q = run_quantize(graph, feeds, mode=mode, method=method, activations=activations, weights=weights,
+                         block_size=block_size, exclude=exclude,
+                         progress=lambda done, total: bar(f"calibrating {done}/{total or '?'}",
+                                                          done / total if total else 0.0))
+    finally:
+        bar.close()
+    with _progress(f"writing {dst.name}"):
+        edgeinfer_save(q, dst)
+    ops = q.op_histogram()
+    click.echo(f"wrote {dst} ({format_bytes(dst.stat().st_size)}) from {src} ({format_bytes(src.stat().st_size)}): "
+               f"mode {mode}, {ops.get('QuantizeLinear', 0)} QuantizeLinear, {ops.get('DequantizeLinear', 0)} "
+               f"DequantizeLinear, {ops.get('Cast', 0)} Cast")
+
+
+def edgeinfer_save(graph, dst: Path) -> None:
+    if dst.suffix.lower() == ".tflite":
+        from .converters.tflite_export import export_tflite
+
+        export_tflite(graph, dst)
+    else:
+        import edgeinfer
+
+        edgeinfer.save(graph, dst)
+
+
+def _calibration_feeds(path: Path, graph, batch: int) -> list[dict]:
+    """Feed dicts from one .npz or a folder of .npz files, each split into batches of ``batch``."""
+    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    if not files:
+        raise CliError(f"--calib '{path}': no .npz files in the folder")
+    names = [v.name for v in graph.required_inputs()]
+    feeds: list[dict] = []
+    for f in files:
+        try:
+            with np.load(f, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError) as e:
+            raise CliError(f"--calib '{f}': cannot read it as an .npz of arrays: {e}") from None
+        missing = [n for n in names if n not in arrays]
+        if missing:
+            raise CliError(f"--calib '{f}' has no array for input(s) {missing}; it holds {sorted(arrays)}")
+        n = min(int(arrays[k].shape[0]) for k in names) if all(arrays[k].ndim for k in names) else 1
+        for i in range(0, n, batch):
+            feeds.append({k: arrays[k][i:i + batch] for k in names})
+    return feeds
+
+
 # ------------------------------------------------------------------------ bench
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
@@ -535,12 +618,13 @@ def bench(models, backend: str, threads, runs, min_seconds, warmup, batch, shape
 
 
 class _ProgressBar:
-    """A one-line progress bar on a terminal; plain lines (one per stage) when not a terminal."""
+    """A one-line progress bar on a terminal; when not a terminal, a line per stage and per tenth
+    of the work, prefixed with ``label``."""
 
-    def __init__(self, stream, width: int = 28):
-        self.stream, self.width = stream, width
+    def __init__(self, stream, width: int = 28, label: str = "bench"):
+        self.stream, self.width, self.label = stream, width, label
         self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.last = ""
+        self.last, self.stage, self.tenth = "", "", -1
 
     def __call__(self, message: str, fraction: float) -> None:
         if self.tty:
@@ -548,9 +632,12 @@ class _ProgressBar:
             line = f"\r[{'#' * done}{'.' * (self.width - done)}] {100 * fraction:5.1f}% {message[:60]:<60}"
             self.stream.write(line)
             self.stream.flush()
-        elif not message.startswith("round") and message != self.last:
-            self.stream.write(f"bench: {message}\n")
-            self.stream.flush()
+        else:
+            stage, tenth = message.split(" ")[0], int(10 * max(0.0, min(fraction, 1.0)))
+            if stage != "round" and (stage != self.stage or tenth != self.tenth) and message != self.last:
+                self.stream.write(f"{self.label}: {message}\n")
+                self.stream.flush()
+            self.stage, self.tenth = stage, tenth
         self.last = message
 
     def close(self) -> None:

@@ -191,3 +191,34 @@ def test_exported_onnx_shrinks(mode, kw, most):
     ref, got = (x @ w).ravel(), edgeinfer.Session(q).run({"x": x})["y"].ravel()
     cosine = float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got))
     assert cosine >= {"fp16": 0.99999, "int8": 0.9999, "int4": 0.99}[kw.get("weights", "fp16")], cosine
+
+
+def test_cli_quantize_static_weight_only_and_errors(tmp_path, digits):
+    from click.testing import CliRunner
+
+    from edgeinfer.cli import cli
+
+    g, calib, x, y = digits
+    np.savez(tmp_path / "calib.npz", image=np.concatenate([c["image"] for c in calib]))
+    src = str(EXAMPLES / "digits_cnn.onnx")
+    run = CliRunner().invoke
+    res = run(cli, ["quantize", src, str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                    "--method", "percentile"])
+    assert res.exit_code == 0, res.output
+    assert "3 QuantizeLinear, 9 DequantizeLinear" in res.output
+    q = edgeinfer.load(tmp_path / "q.onnx")
+    assert _accuracy(q, x, y) >= _accuracy(g, x, y) - 0.005
+    res = run(cli, ["quantize", src, str(tmp_path / "w.eim"), "--mode", "weight_only"])
+    assert res.exit_code == 0 and edgeinfer.load(tmp_path / "w.eim").op_histogram()["DequantizeLinear"] == 3
+    # a folder of .npz files works too
+    (tmp_path / "calib_dir").mkdir()
+    np.savez(tmp_path / "calib_dir" / "a.npz", image=x[:20])
+    res = run(cli, ["quantize", src, str(tmp_path / "q2.eim"), "--calib", str(tmp_path / "calib_dir")])
+    assert res.exit_code == 0, res.output
+    for args, needle in ((["quantize", src, str(tmp_path / "e.onnx")], "needs calibration inputs"),
+                         (["quantize", src, src, "--mode", "fp16"], "is the input file")):
+        res = run(cli, args)
+        assert res.exit_code == 1 and needle in res.output, res.output
+    np.savez(tmp_path / "bad.npz", img=x[:5])
+    res = run(cli, ["quantize", src, str(tmp_path / "e.onnx"), "--calib", str(tmp_path / "bad.npz")])
+    assert res.exit_code == 1 and "no array for input(s) ['image']" in res.output
