@@ -220,10 +220,12 @@ def quantize_static(graph: Graph, ranges: Mapping[str, Range], *, activations: s
         ins[0] = quantized(x)
         axis = _weight_axis(n, g.constants.get(w))
         if w in g.constants and axis is not None and g.constants[w].dtype == np.float32:
-            wq, ws = weight_params(g.constants[w], axis)
-            if not per_channel:
-                wq, ws = weight_params(g.constants[w].reshape(1, -1), 0)
-                wq, ws = wq.reshape(g.constants[w].shape), ws
+            wv = g.constants[w]
+            if per_channel:
+                wq, ws = weight_params(wv, axis)
+            else:  # one scale for the whole tensor
+                wq, ws = weight_params(wv.reshape(1, -1), 0)
+                wq = wq.reshape(wv.shape)
             ins[1] = _dequantized_constant(g, new_nodes, w, wq, ws, axis if per_channel else None)
             b = n.inputs[2] if len(n.inputs) > 2 else ""
             if n.op_type in ("Conv", "Gemm") and b in g.constants and g.constants[b].ndim == 1:
@@ -236,7 +238,12 @@ def quantize_static(graph: Graph, ranges: Mapping[str, Range], *, activations: s
         elif len(n.inputs) > 1 and w in ranges and n.op_type == "MatMul":
             ins[1] = quantized(w)  # activation @ activation (attention): both sides quantized
         new_nodes.append(n.replace(inputs=tuple(ins)))
-    g.nodes = new_nodes
+    return _finished(g, new_nodes)
+
+
+def _finished(g: Graph, nodes: list[Node]) -> Graph:
+    """``g`` with ``nodes`` (the rewritten list), in order, without what nothing reads, checked."""
+    g.nodes = nodes
     g.toposort()
     g.remove_unused()
     g.validate()
@@ -259,13 +266,12 @@ def _dequantized_constant(g: Graph, nodes: list[Node], name: str, q: np.ndarray,
                           axis: int | None) -> str:
     qn, sn, zn = g.unique_name(name + "_quantized"), g.unique_name(name + "_scale"), g.unique_name(name + "_zero_point")
     out = g.unique_name(name + "_dequantized")
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    per_axis = axis is not None and scale.size > 1
     g.constants[qn] = q
-    g.constants[sn] = np.asarray(scale, np.float32).reshape(-1) if axis is not None else np.asarray(scale, np.float32).reshape(())
+    g.constants[sn] = scale if per_axis else scale[:1].reshape(())  # one scale: scalar parameters
     g.constants[zn] = np.zeros(g.constants[sn].shape, q.dtype)
-    attrs = {"axis": int(axis)} if axis is not None and g.constants[sn].size > 1 else {}
-    if not attrs:  # one scale: scalar parameters
-        g.constants[sn] = g.constants[sn].reshape(-1)[:1].reshape(())
-        g.constants[zn] = np.zeros((), q.dtype)
+    attrs = {"axis": int(axis)} if per_axis else {}
     nodes.append(Node("DequantizeLinear", (qn, sn, zn), (out,), attrs, name=out))
     return out
 
@@ -330,11 +336,7 @@ def quantize_weights(graph: Graph, *, weights: str = "int8", block_size: int = 0
         ins = list(n.inputs)
         ins[1] = done[w]
         new_nodes.append(n.replace(inputs=tuple(ins)))
-    g.nodes = new_nodes
-    g.toposort()
-    g.remove_unused()
-    g.validate()
-    return g
+    return _finished(g, new_nodes)
 
 
 def _input_axis(n: Node, w: np.ndarray) -> int:

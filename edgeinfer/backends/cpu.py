@@ -418,15 +418,11 @@ class _Instance:
             else:
                 self._run_timed(r)
                 k = len(self.calls)
-        except EdgeInferError as e:
-            node = plan.steps[k].node
-            if node.label in str(e):
-                raise
-            raise KernelError(f"{node.label}: {e}") from e
         except Exception as e:
-            node = plan.steps[k].node
-            shapes = [None if i < 0 or r[i] is None else tuple(np.shape(r[i])) for i in plan.steps[k].ins]
-            raise KernelError(f"{node.label} failed: {type(e).__name__}: {e} (input shapes {shapes})") from e
+            err = step_failure(plan.steps[k].node, plan.steps[k].ins, r, e)
+            if err is e:
+                raise
+            raise err from e
 
     def _run_timed(self, r: list) -> None:
         """The run loop with a clock read after every step (profiling only)."""
@@ -444,6 +440,16 @@ class _Instance:
         for k, t in enumerate(seconds):
             acc[k] += t
         self.runs += 1
+
+
+def step_failure(node: Node, ins: list[int], r: list, e: Exception, where: str = "") -> Exception:
+    """The error to raise when ``node`` failed with ``e`` during a run (registers ``r``, input
+    slots ``ins``): ``e`` itself when it already names the node, else a KernelError naming the
+    node, and for an unexpected exception also its input shapes. Shared by cpu and gpu."""
+    if isinstance(e, EdgeInferError):
+        return e if node.label in str(e) else KernelError(f"{node.label}: {e}")
+    shapes = [None if i < 0 or r[i] is None else tuple(np.shape(r[i])) for i in ins]
+    return KernelError(f"{node.label} failed{where}: {type(e).__name__}: {e} (input shapes {shapes})")
 
 
 class CpuExecutable:

@@ -49,7 +49,7 @@ from ..errors import BackendUnavailableError, EdgeInferError, InputError, Kernel
 from ..graph import Graph, Node, TensorType, outer_reads
 from ..kernels.registry import is_supported
 from ..shape_inference import NONDETERMINISTIC, propagate
-from .cpu import _input_type, _Planner
+from .cpu import _input_type, _Planner, step_failure
 from .exported_onnx import check_choice, check_options
 from .gpu_kernels import GpuContext, build, has_kernel
 
@@ -377,16 +377,11 @@ class GpuExecutable:
                         r[o] = v
                 for d in st.free_after:
                     r[d] = None
-        except EdgeInferError as e:
-            node = plan.steps[k].node
-            if node.label in str(e):
-                raise
-            raise KernelError(f"{node.label}: {e}") from e
         except Exception as e:
-            node = plan.steps[k].node
-            shapes = [None if i < 0 or r[i] is None else tuple(r[i].shape) for i in plan.steps[k].ins]
-            raise KernelError(f"{node.label} failed on the gpu backend: {type(e).__name__}: {e} "
-                              f"(input shapes {shapes})") from e
+            err = step_failure(plan.steps[k].node, plan.steps[k].ins, r, e, " on the gpu backend")
+            if err is e:
+                raise
+            raise err from e
         return {name: xp.asarray(r[s]).astype(dt, copy=True) for name, s, dt in plan.outputs}
 
     def _capture(self) -> None:
