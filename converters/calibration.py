@@ -6,8 +6,13 @@ min/max keeps every value and wastes levels on rare outliers; the histogram meth
   between the two tails by their own weight);
 * ``mse``: the range minimising the expected squared error: clipping error outside it, plus
   rounding error step²/12 for every value inside;
-* ``entropy``: TensorRT's KL-divergence rule: the range whose 255-level quantized histogram is
-  closest (in KL divergence) to the reference histogram with its tails folded into the edge bins.
+* ``entropy``: TensorRT's KL-divergence rule, on the side of zero with the larger extreme: the
+  threshold ``t`` whose quantized histogram of ``[0, t)`` (that side's share of the 256 uint8
+  levels, at least TensorRT's 128) is closest (in KL
+  divergence) to the reference with everything beyond ``t`` folded into the last bin; the
+  other side is kept whole (asymmetric activations pay nothing for it). Like TensorRT's, it is
+  made for CNN activations; it clips attention probabilities hard. Tensors with fewer than
+  ``MIN_KL_SAMPLES`` values keep their full range.
 
 A :class:`Histogram` accumulates batches whose range grows: when a batch reaches past the current
 edges, the bins are widened by an integer factor and merged, so counts are never re-estimated.
@@ -18,6 +23,10 @@ import numpy as np
 
 BINS = 2048
 LEVELS = 256
+# Below this many values (100 per level of the 128-level KL grid) entropy keeps the full range: a
+# squeeze-excitation branch yields a few hundred values per batch, and KL over such a sparse
+# histogram clips a fifth of their range away (PP-OCRv4 rec then reads nothing).
+MIN_KL_SAMPLES = 12800
 
 
 class Histogram:
@@ -70,7 +79,14 @@ def choose(h: Histogram, method: str, percentile: float = 99.99) -> tuple[float,
     if method == "mse":
         return _best_range(h, _mse_cost)
     if method == "entropy":
-        return _best_range(h, _kl_cost)
+        if h.counts.sum() < MIN_KL_SAMPLES:
+            return h.seen_lo, h.seen_hi  # too few values for the histogram to mean anything
+        positive = h.seen_hi >= -h.seen_lo
+        top, other = (h.seen_hi, -h.seen_lo) if positive else (-h.seen_lo, h.seen_hi)
+        # uint8 spends its 256 levels on both sides: the large side gets its share of them
+        levels = max(128, int(round((LEVELS - 1) * top / (top + other)))) if top > 0 else 128
+        t = max(_kl_threshold(_side_counts(h, positive), top, levels), other)
+        return max(-t, h.seen_lo), min(t, h.seen_hi)
     raise ValueError(f"unknown histogram method {method!r}")
 
 
@@ -132,24 +148,46 @@ def _mse_cost(counts, pre, e, i, j) -> float:
     return float(clip(0, i, lo) + clip(j, n, hi) + inside * step * step / 12.0)
 
 
-def _kl_cost(counts, pre, e, i, j) -> float:
-    """KL(P || Q), TensorRT's way: P is the clipped histogram with the tails folded into its edge
-    bins; Q quantizes the clipped bins *without* the folded tails into LEVELS groups (each group's
-    mass spread over its non-empty bins), so clipping is paid for at the edges."""
-    base = counts[i:j]
-    n = base.size
-    if n < LEVELS:
-        return np.inf  # narrower than the quantization grid: nothing to compare
-    p = base.copy()
-    p[0] += counts[:i].sum()
-    p[-1] += counts[j:].sum()
-    bounds = np.linspace(0, n, LEVELS + 1).astype(np.int64)
-    starts = bounds[:-1]
-    present = (base > 0).astype(np.float64)
-    sums, nonempty = np.add.reduceat(base, starts), np.add.reduceat(present, starts)
-    q = np.repeat(np.where(nonempty > 0, sums / np.maximum(nonempty, 1), 0.0), np.diff(bounds)) * present
-    mask = p > 0
-    if q.sum() <= 0:
-        return np.inf
-    ps, qs = p[mask] / p.sum(), q[mask] / q.sum()
-    return float(np.sum(ps * np.log(ps / np.maximum(qs, 1e-12))))
+def _side_counts(h: Histogram, positive: bool, bins: int = BINS) -> np.ndarray:
+    """The counts of one side of zero, re-binned as a histogram of |x| with ``bins`` bins over
+    [0, that side's extreme].
+
+    Only the larger side is searched: activations are quantized asymmetrically, so the smaller
+    side (a HardSwish's floor of -0.4, say) costs nothing to keep whole, and folding it into
+    |x| would let its dense mass near zero pull the threshold below the large side's values."""
+    e = h.edges()
+    centers = (e[:-1] + e[1:]) / 2
+    top = h.seen_hi if positive else -h.seen_lo
+    keep = centers > 0 if positive else centers < 0
+    if top <= 0 or not keep.any():
+        return np.zeros(bins, np.float64)
+    idx = np.minimum((np.abs(centers[keep]) / top * bins).astype(np.int64), bins - 1)
+    return np.bincount(idx, weights=h.counts[keep].astype(np.float64), minlength=bins)
+
+
+def _kl_threshold(counts: np.ndarray, top: float, levels: int = 128) -> float:
+    """TensorRT's entropy calibration: the |x| threshold minimising KL(P || Q) where P is the
+    histogram up to the threshold with the rest folded into its last bin and Q is P's first
+    part quantized to ``levels`` groups (each group's mass spread over its non-empty bins)."""
+    n = counts.size
+    if top <= 0 or counts.sum() <= 0:
+        return float(top)
+    width = top / n
+    tail = np.concatenate([np.cumsum(counts[::-1])[::-1], [0.0]])  # tail[i] = sum(counts[i:])
+    best_i, best_kl = n, np.inf
+    for i in range(levels, n + 1):
+        base = counts[:i]
+        p = base.copy()
+        p[-1] += tail[i]
+        bounds = np.linspace(0, i, levels + 1).astype(np.int64)
+        present = (base > 0).astype(np.float64)
+        sums, nonempty = np.add.reduceat(base, bounds[:-1]), np.add.reduceat(present, bounds[:-1])
+        q = np.repeat(np.where(nonempty > 0, sums / np.maximum(nonempty, 1), 0.0), np.diff(bounds)) * present
+        mask = p > 0
+        if q.sum() <= 0:
+            continue
+        ps, qs = p[mask] / p.sum(), q[mask] / q.sum()
+        kl = float(np.sum(ps * np.log(ps / np.maximum(qs, 1e-12))))
+        if kl < best_kl:
+            best_i, best_kl = i, kl
+    return float(min((best_i + 0.5) * width, top))

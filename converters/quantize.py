@@ -63,6 +63,145 @@ def prepare(graph: Graph) -> Graph:
     return g
 
 
+# ----------------------------------------------------------------------------- equalization
+_HOMOGENEOUS = ("Relu", "LeakyRelu", "MaxPool")  # f(x / s) == f(x) / s for every s > 0, per channel
+
+
+@dataclass
+class _Pair:
+    """A Conv whose output channels reach another Conv's input only through ops that commute
+    with a positive per-channel scale: scaling channel c of the first conv's weights and bias by
+    1/s_c and the second conv's input channel c by s_c changes nothing in float."""
+
+    producer: Node
+    consumer: Node
+    tensor: str  # the consumer's input, whose per-tensor quantization range is to be evened out
+    depthwise: bool
+
+
+def equalization_pairs(graph: Graph) -> list[_Pair]:
+    """Every (Conv, Conv) pair that :func:`equalize_channels` can rebalance (see :class:`_Pair`)."""
+    prod, cons = graph.producers(), graph.consumers()
+    outputs = set(graph.output_names)
+    pairs: list[_Pair] = []
+    for n in graph.nodes:
+        if n.domain or n.op_type != "Conv" or len(n.inputs) < 2 or n.inputs[1] not in graph.constants:
+            continue
+        x = n.inputs[0]
+        t, ok = x, True
+        p = prod.get(t)
+        while p is not None and not p.domain and p.op_type in _HOMOGENEOUS:
+            if len(cons.get(t, [])) != 1 or t in outputs or (p.op_type == "MaxPool" and len(p.outputs) > 1):
+                ok = False
+                break
+            t = p.inputs[0]
+            p = prod.get(t)
+        if not ok or p is None or p.domain or p.op_type != "Conv" or len(cons.get(t, [])) != 1 or t in outputs:
+            continue
+        if len(cons.get(x, [])) != 1 or x in outputs:
+            continue
+        w1, w2 = graph.constants.get(p.inputs[1]) if len(p.inputs) > 1 else None, graph.constants[n.inputs[1]]
+        b1 = p.inputs[2] if len(p.inputs) > 2 else ""
+        if w1 is None or w1.dtype != np.float32 or w2.dtype != np.float32 or w2.ndim < 3:
+            continue
+        if b1 and b1 not in graph.constants:
+            continue
+        group = int(n.attrs.get("group", 1))
+        if w2.shape[1] * group != w1.shape[0] or w2.shape[0] % group:
+            continue
+        pairs.append(_Pair(p, n, x, depthwise=w2.shape[1] == 1 and group == w1.shape[0]))
+    return pairs
+
+
+def equalize_channels(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *,
+             progress: Callable[[int, int | None], None] | None = None) -> tuple[Graph, int]:
+    """Cross-layer equalization (Nagel et al., 2019, with activation ranges): for every
+    :func:`equalization_pairs` pair, rescale the channels of the tensor between them so that one
+    per-tensor activation scale serves all of them.
+
+    A per-tensor int8 range set by one loud channel leaves quiet channels a few levels (PP-OCRv4
+    rec's stem: 16 channels spanning 0.01..15). Per-channel weight scales absorb the rescaling on
+    both sides when the consumer is depthwise, so the channels are flattened completely;
+    a dense consumer shares each input channel between all its filters, so the scale is split
+    evenly between activation and weight ranges (s_c = sqrt(a_c / w_c), as in SmoothQuant with
+    alpha 0.5). Returns (new graph, pairs rebalanced); float results are unchanged up to rounding.
+    """
+    pairs = equalization_pairs(graph)
+    if not pairs:
+        return graph, 0
+    amax = _channel_amax(graph, {p.tensor: graph.constants[p.consumer.inputs[1]].ndim for p in pairs}, feeds, progress)
+    g = graph.copy()
+    done = 0
+    for pair in pairs:
+        a = amax[pair.tensor]
+        w2 = g.constants[pair.consumer.inputs[1]]
+        group = int(pair.consumer.attrs.get("group", 1))
+        cin = w2.shape[1] * group
+        if a.shape != (cin,) or not np.all(np.isfinite(a)) or a.max() <= 0:
+            continue
+        if pair.depthwise:
+            s = a / a.max()
+        else:
+            wc = np.abs(w2).max(axis=tuple(i for i in range(w2.ndim) if i != 1))
+            wc = np.tile(wc, group) if group > 1 else wc
+            s = np.sqrt(a / np.maximum(wc, 1e-12))
+            s = s / np.exp(np.mean(np.log(np.maximum(s, 1e-12))))  # geometric mean 1: sizes stay put
+        s = np.where((a > 0) & np.isfinite(s), np.clip(s, 1e-4, 1e4), 1.0).astype(np.float32)
+        p = pair.producer
+        w1n = g.unique_name(p.inputs[1] + "_equalized")
+        g.constants[w1n] = (g.constants[p.inputs[1]] / s.reshape((-1,) + (1,) * (g.constants[p.inputs[1]].ndim - 1))
+                            ).astype(np.float32)
+        ins = list(p.inputs)
+        ins[1] = w1n
+        if len(ins) > 2 and ins[2]:
+            bn = g.unique_name(ins[2] + "_equalized")
+            g.constants[bn] = (g.constants[ins[2]] / s).astype(np.float32)
+            ins[2] = bn
+        w2n = g.unique_name(pair.consumer.inputs[1] + "_equalized")
+        if pair.depthwise:
+            mult = w2.shape[0] // cin
+            scale2 = np.repeat(s, mult).reshape((-1,) + (1,) * (w2.ndim - 1))
+        else:
+            per_group = s.reshape(group, -1)  # input channels of each group
+            out_per_group = w2.shape[0] // group
+            scale2 = np.repeat(per_group, out_per_group, axis=0).reshape(w2.shape[0], w2.shape[1], *(1,) * (w2.ndim - 2))
+        g.constants[w2n] = (w2 * scale2).astype(np.float32)
+        cins = list(pair.consumer.inputs)
+        cins[1] = w2n
+        g.nodes = [p.replace(inputs=tuple(ins)) if m is p else
+                   pair.consumer.replace(inputs=tuple(cins)) if m is pair.consumer else m for m in g.nodes]
+        done += 1
+    g.remove_unused()
+    return g, done
+
+
+def _channel_amax(graph: Graph, tensors: dict[str, int], feeds, progress) -> dict[str, np.ndarray]:
+    """max |x| per channel (axis 1) of each tensor (name -> rank) over the feeds: one pass, a
+    ReduceMax per tensor."""
+    from edgeinfer.session import Session
+
+    probe = graph.copy()
+    outs = []
+    for t, rank in tensors.items():
+        a, m = probe.unique_name(t + "_abs"), probe.unique_name(t + "_channel_max")
+        axes = probe.unique_name(t + "_axes")
+        probe.constants[axes] = np.array([0, *range(2, rank)], np.int64)
+        probe.nodes += [Node("Abs", (t,), (a,)), Node("ReduceMax", (a, axes), (m,), {"keepdims": 0})]
+        outs.append((t, m))
+    probe.outputs = [ValueInfo(m, "float32", None) for _, m in outs]
+    sess = Session(probe, threads=None)
+    found: dict[str, np.ndarray] = {}
+    total = len(feeds) if hasattr(feeds, "__len__") else None
+    for k, feed in enumerate(feeds, 1):
+        res = sess.run(dict(feed))
+        for t, m in outs:
+            v = np.asarray(res[m], np.float32)
+            found[t] = v if t not in found else np.maximum(found[t], v)
+        if progress is not None:
+            progress(k, total)
+    return found
+
+
 # ----------------------------------------------------------------------------- calibration
 def observed_tensors(graph: Graph) -> list[str]:
     """The float activations quantize_static puts a QuantizeLinear on: the non-constant inputs of
@@ -375,22 +514,186 @@ def _blocked_dequantized(g: Graph, nodes: list[Node], name: str, q: np.ndarray, 
     return out
 
 
-def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]], *, mode: str = "static",
+def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (), *, mode: str = "static",
              method: str = "minmax", percentile: float = 99.99, activations: str = "uint8", per_channel: bool = True,
-             weights: str = "int8", block_size: int = 0,
-             exclude: Iterable[str] = (), progress: Callable[[int, int | None], None] | None = None) -> Graph:
-    """Quantize ``graph``. ``mode="static"``: prepare, calibrate on ``calibration`` (an iterable
-    of feed dicts) and rewrite with QDQ; ``"weight_only"``: int8/int4 weights, no calibration
-    (``calibration`` may be empty); ``"fp16"``/``"bf16"``: half-precision weight storage.
-    Dynamic quantization is not implemented yet."""
-    if mode in ("fp16", "bf16"):
-        return convert_float(graph, "float16" if mode == "fp16" else "bfloat16")
-    if mode == "weight_only":
-        return quantize_weights(graph, weights=weights, block_size=block_size, exclude=exclude)
-    if mode != "static":
-        raise EdgeInferError(f"quantization mode {mode!r} is not implemented yet; available: "
-                             f"'static', 'weight_only', 'fp16', 'bf16'")
-    prepared = prepare(graph)
-    ranges = calibrate(prepared, calibration, method=method, percentile=percentile, progress=progress)
-    return quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=exclude)
+             weights: str = "int8", block_size: int = 0, equalize: bool = True,
+             exclude: Iterable[str] = (), accuracy: Callable[[object], float] | None = None, max_drop: float = 0.01,
+             max_trials: int = 24, ranking_batches: int = 2,
+             progress: Callable[[str, int, int | None], None] | None = None) -> Graph:
+    """Quantize ``graph`` (not changed); the result carries ``metadata["edgeinfer.quantization"]``
+    (JSON: mode, method, and per layer its precision, why it stayed float and its sensitivity).
 
+    Modes:
+        ``static``: prepare, equalize (:func:`equalize_channels`), calibrate on ``calibration`` (feed
+        dicts; read several times, so a list is best) and rewrite with QDQ.
+        ``dynamic``: int8 products with run-time activation ranges, other weights int8
+        (:func:`.quantize_dynamic.quantize_dynamic`); no calibration.
+        ``weight_only``: int8 per channel or int4 blocked weights, every large table included
+        (:func:`quantize_weights` then :func:`.quantize_dynamic.quantize_tables`).
+        ``fp16`` / ``bf16``: half-precision weight storage (:func:`convert_float`).
+
+    Accuracy-aware (static only): with ``accuracy(session) -> float`` (higher is better; it gets
+    an :class:`edgeinfer.Session` on the cpu backend), the float model is scored, then the fully
+    quantized one. If it lost more than ``max_drop``, layers are ranked by sensitivity, how much
+    of the model output's error (on the first ``ranking_batches`` calibration feeds) goes away
+    when that layer alone returns to float, and returned to float one at a time, most sensitive
+    first, re-scoring after each, until the drop is within ``max_drop`` (at most ``max_trials``
+    scorings). The result is the most-quantized model found within budget; when none is, the most
+    accurate one tried, with ``"within_budget": false`` in the metadata.
+
+    ``progress(stage, done, total)`` is called as work advances (stages: "equalize",
+    "calibrate", "rank", "evaluate").
+    """
+    import json
+
+    def stage(name):
+        return None if progress is None else (lambda done, total: progress(name, done, total))
+
+    if mode in ("fp16", "bf16"):
+        out = convert_float(graph, "float16" if mode == "fp16" else "bfloat16")
+        return _tag(out, {"mode": mode, "weights": mode}, graph_layers(out, set()))
+    if mode == "weight_only":
+        from .quantize_dynamic import quantize_tables
+
+        out = quantize_tables(quantize_weights(graph, weights=weights, block_size=block_size, exclude=exclude),
+                              weights=weights, block_size=block_size, exclude=exclude)
+        return _tag(out, {"mode": mode, "weights": weights, "block_size": block_size or (32 if weights == "int4" else 0)},
+                    graph_layers(out, set(exclude)))
+    if mode == "dynamic":
+        from .quantize_dynamic import quantize_dynamic
+
+        out = quantize_dynamic(graph, per_channel=per_channel, exclude=exclude)
+        return _tag(out, {"mode": mode, "weights": "int8", "activations": "uint8 (dynamic)"},
+                    graph_layers(out, set(exclude)))
+    if mode != "static":
+        raise InputError(f"quantization mode {mode!r} is not available; modes: {list(MODES)}")
+    if method not in METHODS:
+        raise InputError(f"calibration method {method!r} is not available; methods: {list(METHODS)}")
+    feeds = list(calibration)
+    if not feeds:
+        raise InputError("static quantization needs calibration feeds (a list of input dicts)")
+    prepared = prepare(graph)
+    equalized = 0
+    if equalize:
+        prepared, equalized = equalize_channels(prepared, feeds, progress=stage("equalize"))
+    ranges = calibrate(prepared, feeds, method=method, percentile=percentile, progress=stage("calibrate"))
+    skip = set(exclude)
+    settings = {"mode": mode, "method": method, "activations": activations, "weights": "int8",
+                "per_channel": per_channel, "equalized_pairs": equalized}
+    q = quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=skip)
+    if accuracy is None:
+        return _tag(q, settings, graph_layers(q, skip))
+    report = _accuracy_aware(prepared, ranges, q, feeds[:max(1, ranking_batches)], skip, accuracy,
+                             max_drop, max_trials, activations, per_channel, stage("rank"), stage("evaluate"))
+    best, layers, summary = report
+    settings.update(summary)
+    return _tag(best, settings, layers)
+
+
+MODES = ("static", "dynamic", "weight_only", "fp16", "bf16")
+
+
+def graph_layers(q: Graph, excluded: set[str], reasons: Mapping[str, str] | None = None,
+                 sensitivity: Mapping[str, float] | None = None) -> list[dict]:
+    """Per Conv/Gemm/MatMul/Einsum of a quantized graph: its precision as the graph says (an
+    input read through DequantizeLinear or an integer op) and why a float one is float."""
+    prod = q.producers()
+    quant_ops = {"DequantizeLinear", "DynamicQuantizeLinear"}
+    layers = []
+    for n in q.nodes:
+        if n.domain or n.op_type not in (*_TARGETS, "Einsum", "MatMulInteger", "ConvInteger"):
+            continue
+        if n.op_type in ("MatMulInteger", "ConvInteger"):
+            precision = "int8"
+        else:
+            src = [prod.get(i) for i in n.inputs[:2] if i]
+            dq = [m for m in src if m is not None and m.op_type in quant_ops]
+            if not dq:
+                precision = "float"
+            elif any(q.constants.get(m.inputs[0]) is not None and q.constants[m.inputs[0]].dtype.itemsize == 1
+                     and str(q.constants[m.inputs[0]].dtype) in ("int4", "uint4") for m in dq):
+                precision = "int4"
+            else:
+                precision = "int8" if len(dq) == len(src) else "int8 weights"
+        reason = None
+        if precision == "float":
+            reason = (reasons or {}).get(n.name) or ("excluded by the user" if n.name in excluded else
+                                                     "no calibration range (input not observed)" if n.op_type in _TARGETS
+                                                     else "not a quantized op type")
+        layers.append({"node": n.name, "op_type": n.op_type, "precision": precision, "reason": reason,
+                       "sensitivity": None if sensitivity is None else sensitivity.get(n.name)})
+    return layers
+
+
+def _tag(g: Graph, settings: dict, layers: list[dict]) -> Graph:
+    import json
+
+    g.metadata["edgeinfer.quantization"] = json.dumps({**settings, "layers": layers}, default=float)
+    return g
+
+
+def _output_error(sess, feeds, refs) -> float:
+    """Relative squared error of every float output over the feeds: sum |y - ref|^2 / sum |ref|^2."""
+    num = den = 0.0
+    for feed, ref in zip(feeds, refs):
+        got = sess.run(dict(feed))
+        for k, r in ref.items():
+            d = np.asarray(got[k], np.float64) - r
+            num += float(np.sum(d * d))
+            den += float(np.sum(r * r))
+    return num / den if den > 0 else num
+
+
+def _accuracy_aware(prepared, ranges, q_all, rank_feeds, skip, accuracy, max_drop, max_trials, activations,
+                    per_channel, rank_progress, eval_progress):
+    from edgeinfer.session import Session
+
+    def build(float_nodes):
+        return quantize_static(prepared, ranges, activations=activations, per_channel=per_channel,
+                               exclude=skip | set(float_nodes))
+
+    def score(g):
+        return float(accuracy(Session(g, threads=None)))
+
+    base = score(prepared)
+    got = score(q_all)
+    trials = [{"float_layers": [], "accuracy": got}]
+    summary = {"accuracy_fp32": base, "max_drop": max_drop}
+    if base - got <= max_drop:
+        summary.update(accuracy=got, within_budget=True, trials=trials)
+        return q_all, graph_layers(q_all, skip), summary
+    # rank: the output error that goes away when one layer alone returns to float
+    ref_sess = Session(prepared, threads=None)
+    names = [v.name for v in prepared.outputs]
+    refs = [{k: np.asarray(v, np.float64) for k, v in ref_sess.run(dict(f)).items()
+             if k in names and np.asarray(v).dtype.kind == "f"} for f in rank_feeds]
+    err_all = _output_error(Session(q_all, threads=None), rank_feeds, refs)
+    targets = [n.name for n in prepared.nodes if not n.domain and n.op_type in _TARGETS and n.name not in skip
+               and n.inputs and n.inputs[0] in ranges]
+    gain: dict[str, float] = {}
+    for k, t in enumerate(targets, 1):
+        gain[t] = err_all - _output_error(Session(build([t]), threads=None), rank_feeds, refs)
+        if rank_progress is not None:
+            rank_progress(k, len(targets))
+    order = sorted(targets, key=lambda t: -gain[t])
+    best, best_acc, best_float, within = q_all, got, [], False
+    reverted: list[str] = []
+    for k, t in enumerate(order[:max_trials], 1):
+        reverted.append(t)
+        g = build(reverted)
+        a = score(g)
+        trials.append({"float_layers": list(reverted), "accuracy": a})
+        if eval_progress is not None:
+            eval_progress(k, min(len(order), max_trials))
+        if a > best_acc:
+            best, best_acc, best_float = g, a, list(reverted)
+        if base - a <= max_drop:
+            best, best_acc, best_float, within = g, a, list(reverted), True
+            break
+    rank = {t: i + 1 for i, t in enumerate(order)}
+    reasons = {t: (f"accuracy-aware: sensitivity rank {rank[t]} of {len(order)} (removes {gain[t] / err_all:.0%} "
+                   f"of the output error); in float to keep the drop within {max_drop}") if err_all > 0 else
+                  f"accuracy-aware: sensitivity rank {rank[t]} of {len(order)}" for t in best_float}
+    sens = {t: gain[t] / err_all if err_all > 0 else 0.0 for t in targets}
+    summary.update(accuracy=best_acc, within_budget=within, output_error_int8=err_all, trials=trials)
+    return best, graph_layers(best, skip, reasons, sens), summary

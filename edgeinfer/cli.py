@@ -467,9 +467,9 @@ def _print_profile(report: dict, top: int) -> None:
 @click.option("--calib", "calib", type=click.Path(path_type=Path), default=None,
               help="Calibration inputs: an .npz of arrays by input name (split along the first axis into "
                    "--calib-batch batches), or a folder of such .npz files. Needed by --mode static.")
-@click.option("--mode", type=click.Choice(["static", "weight_only", "fp16", "bf16"]), default="static",
+@click.option("--mode", type=click.Choice(["static", "dynamic", "weight_only", "fp16", "bf16"]), default="static",
               show_default=True)
-@click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy"]), default="minmax",
+@click.option("--method", type=click.Choice(["minmax", "percentile", "mse", "entropy"]), default="mse",
               show_default=True, help="How calibration chooses each activation's range.")
 @click.option("--weights", type=click.Choice(["int8", "int4"]), default="int8", show_default=True,
               help="Weight type for --mode weight_only.")
@@ -478,12 +478,29 @@ def _print_profile(report: dict, top: int) -> None:
 @click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
 @click.option("--calib-batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--exclude", multiple=True, metavar="NODE", help="A node to keep in float (repeatable).")
-def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, activations, calib_batch, exclude) -> None:
+@click.option("--equalize/--no-equalize", default=True, show_default=True,
+              help="Even out channel ranges between Conv pairs before calibrating (static).")
+@click.option("--eval", "eval_script", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="A Python file of yours defining evaluate(session) -> float (higher is better); with it, "
+                   "static quantization is accuracy-aware. The file is run: pass only your own code.")
+@click.option("--max-drop", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="With --eval: the accuracy the quantized model may lose.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write an HTML report (and a .json beside it): per-layer error, layers kept in float and "
+                   "why, and why int8 is or is not faster on each backend.")
+@click.option("--report-backends", default="ort,openvino,litert", show_default=True,
+              help="Backends the report times, comma-separated.")
+def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, activations, calib_batch, exclude,
+             equalize, eval_script, max_drop, report_path, report_backends) -> None:
     """Quantize SRC into DST (.onnx, .eim or .tflite by suffix).
 
     Static int8 writes explicit QDQ: per-channel int8 weights, int32 biases, per-tensor
-    activations calibrated on --calib. The others need no calibration data.
+    activations calibrated on --calib; with --eval and --max-drop it keeps the most sensitive
+    layers in float until the accuracy drop is within budget. Dynamic int8, weight-only
+    int8/int4 and fp16/bf16 need no calibration data.
     """
+    import json
+
     from .converters.quantize import quantize as run_quantize
 
     if dst.resolve() == src.resolve():
@@ -494,20 +511,86 @@ def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, act
         if calib is None:
             raise CliError("--mode static needs calibration inputs: --calib FILE.npz or a folder of .npz files")
         feeds = _calibration_feeds(calib, graph, calib_batch)
+    elif eval_script is not None:
+        raise CliError("--eval (accuracy-aware quantization) works with --mode static only")
+    accuracy = _user_evaluate(eval_script) if eval_script is not None else None
+    if report_path is not None and not feeds and calib is not None:
+        feeds = _calibration_feeds(calib, graph, calib_batch)
     bar = _ProgressBar(sys.stderr, label="quantize")
     try:
         q = run_quantize(graph, feeds, mode=mode, method=method, activations=activations, weights=weights,
-                         block_size=block_size, exclude=exclude,
-                         progress=lambda done, total: bar(f"calibrating {done}/{total or '?'}",
-                                                          done / total if total else 0.0))
+                         block_size=block_size, exclude=exclude, equalize=equalize, accuracy=accuracy,
+                         max_drop=max_drop,
+                         progress=lambda stage, done, total: bar(f"{stage} {done}/{total or '?'}",
+                                                                 done / total if total else 0.0))
     finally:
         bar.close()
     with _progress(f"writing {dst.name}"):
         edgeinfer_save(q, dst)
     ops = q.op_histogram()
+    info = json.loads(q.metadata.get("edgeinfer.quantization", "{}"))
+    layers = info.get("layers", [])
+    kept = [x for x in layers if x["precision"] == "float"]
     click.echo(f"wrote {dst} ({format_bytes(dst.stat().st_size)}) from {src} ({format_bytes(src.stat().st_size)}): "
-               f"mode {mode}, {ops.get('QuantizeLinear', 0)} QuantizeLinear, {ops.get('DequantizeLinear', 0)} "
-               f"DequantizeLinear, {ops.get('Cast', 0)} Cast")
+               f"mode {mode}, {len(layers) - len(kept)} of {len(layers)} layers quantized, "
+               f"{ops.get('QuantizeLinear', 0) + ops.get('DynamicQuantizeLinear', 0)} activation quantizers, "
+               f"{ops.get('DequantizeLinear', 0)} DequantizeLinear, {ops.get('Cast', 0)} Cast")
+    if "accuracy" in info:
+        verdict = "within" if info.get("within_budget") else "NOT within"
+        click.echo(f"accuracy {info['accuracy']:.4f} vs fp32 {info['accuracy_fp32']:.4f} ({verdict} --max-drop "
+                   f"{max_drop}); kept in float: {', '.join(x['node'] for x in kept) or 'none'}")
+    if report_path is not None:
+        _quantize_report(graph, q, feeds, src, dst, report_path, report_backends)
+
+
+def _user_evaluate(path: Path):
+    """``evaluate(session) -> float`` from the user's own script (run as a module, like a config)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("edgeinfer_user_eval", path)
+    if spec is None or spec.loader is None:
+        raise CliError(f"--eval '{path}': not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's code: report it, don't crash
+        raise CliError(f"--eval '{path}' failed while loading: {type(e).__name__}: {e}") from None
+    fn = getattr(module, "evaluate", None)
+    if not callable(fn):
+        raise CliError(f"--eval '{path}' defines no evaluate(session) -> float function")
+    return fn
+
+
+def _quantize_report(graph, q, feeds, src: Path, dst: Path, path: Path, backends: str) -> None:
+    import json
+
+    from .converters import quantize_report as qr
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    sample = feeds[:4] if feeds else [_synthetic_feed(graph)]
+    info = json.loads(q.metadata.get("edgeinfer.quantization", "{}"))
+    accuracy = ({"metric": "evaluate(session)", "fp32": info["accuracy_fp32"], "int8": info["accuracy"]}
+                if "accuracy" in info else None)
+    with _progress("measuring the report (per-layer error, backends)", after=0.0):
+        report = qr.build_report(graph, q, sample, float_path=str(src) if src.suffix.lower() == ".onnx" else None,
+                                 quant_path=str(dst) if dst.suffix.lower() == ".onnx" else None, backends=names,
+                                 accuracy=accuracy)
+    qr.write_html(report, path)
+    qr.write_json(report, path.with_suffix(".json"))
+    click.echo(f"wrote {path} and {path.with_suffix('.json').name}")
+    for name, entry in report.get("backends", {}).items() if isinstance(report.get("backends"), dict) else ():
+        speed = entry.get("speedup")
+        if isinstance(speed, (int, float)):
+            click.echo(f"  {name}: int8 is {speed:.2f}x the fp32 speed")
+
+
+def _synthetic_feed(graph) -> dict:
+    rng = np.random.default_rng(0)
+    feed = {}
+    for v in graph.required_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in (v.shape or ())]
+        feed[v.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
 
 
 def edgeinfer_save(graph, dst: Path) -> None:

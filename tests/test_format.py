@@ -605,3 +605,273 @@ def test_reader_counts_every_key_of_a_valid_file():
     reader = fmt._Reader("m.eim", np.frombuffer(data, np.uint8))
     reader.parse()
     assert reader.keys_read == reader.keys_in_header > 0
+
+
+# --------------------------------------------------------- sub-byte tensors: "bits-packed"
+PACKED = {"int4": 4, "uint4": 4, "float4e2m1": 4, "int2": 2, "uint2": 2}
+
+
+def sub_byte(dtype, codes):
+    """An ml_dtypes array from bit codes (ml_dtypes keeps each element's code in a byte)."""
+    from edgeinfer import dtypes
+
+    return np.asarray(codes, np.uint8).view(dtypes.to_numpy(dtype))
+
+
+def all_codes_array(dtype, shape, seed=0):
+    """Random codes of ``dtype`` in ``shape``; the first element is the minimum and the last the
+    maximum (int4: -8 and 7) when there is room."""
+    pytest.importorskip("ml_dtypes")
+    bits = PACKED[dtype]
+    n = math.prod(shape)
+    codes = np.random.default_rng(seed).integers(0, 1 << bits, n).astype(np.uint8)
+    values = sub_byte(dtype, np.arange(1 << bits)).astype(np.float32)
+    if n:
+        codes[0], codes[-1] = int(np.argmin(values)), int(np.argmax(values))
+    return sub_byte(dtype, codes).reshape(shape)
+
+
+def packed_graph(arrays):
+    """A graph whose outputs are the given constants."""
+    return Graph(outputs=[ValueInfo(k, _ir(v), None) for k, v in arrays.items()], constants=dict(arrays), name="packed")
+
+
+def _ir(arr):
+    from edgeinfer import dtypes
+
+    return dtypes.from_numpy(arr.dtype)
+
+
+@pytest.mark.parametrize("dtype", sorted(PACKED))
+@pytest.mark.parametrize("shape", [(), (1,), (2,), (3,), (5,), (8,), (3, 5), (4, 4), (2, 3, 5), (2, 0, 3), (1, 7, 1)])
+def test_sub_byte_tensors_round_trip_packed(dtype, shape, tmp_path):
+    arr = all_codes_array(dtype, shape)
+    g = packed_graph({"w": arr})
+    save_eim(g, tmp_path / "m.eim")
+    for use_mmap in (True, False):
+        back = load_eim(tmp_path / "m.eim", mmap=use_mmap).constants["w"]
+        assert (back.dtype, back.shape) == (arr.dtype, arr.shape)
+        assert back.tobytes() == arr.tobytes() and not back.flags.writeable
+    header, _ = split((tmp_path / "m.eim").read_bytes())
+    entry = header["tensors"][0]
+    assert (entry["encoding"], entry["dtype"]) == ("bits-packed", dtype)
+    assert entry["length"] == -(-math.prod(shape) * PACKED[dtype] // 8)
+
+
+def test_min_and_max_survive():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    from edgeinfer import dtypes
+
+    arrays = {d: all_codes_array(d, (9,)) for d in PACKED}
+    back = loads_eim(dumps_eim(packed_graph(arrays))).constants
+    for d, arr in arrays.items():
+        info = (ml_dtypes.iinfo if "int" in d else ml_dtypes.finfo)(dtypes.to_numpy(d))
+        assert back[d][0] == info.min and back[d][-1] == info.max, d
+        np.testing.assert_array_equal(back[d].astype(np.float32), arr.astype(np.float32))
+    assert back["int4"][[0, -1]].astype(int).tolist() == [-8, 7]
+    assert back["int2"][[0, -1]].astype(int).tolist() == [-2, 1]
+
+
+@pytest.mark.parametrize("dtype", sorted(PACKED))
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8, 9, 33])
+def test_packed_bytes_are_onnx_packing(dtype, n):
+    """The blob is byte for byte what ONNX stores in raw_data (first element in the low bits)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    arr = all_codes_array(dtype, (n,), seed=n)
+    header, blobs = split(dumps_eim(packed_graph({"w": arr})))
+    length = header["tensors"][0]["length"]
+    assert blobs[:length] == numpy_helper.from_array(arr).raw_data, onnx.__version__
+
+
+def test_packed_bit_order_by_hand():
+    pytest.importorskip("ml_dtypes")
+    cases = {  # values -> bytes, written out from the module docstring's rule
+        "int4": ([1, -2, 3], b"\xe1\x03"),
+        "int4 ": ([-8, 7, 0, -1, 3], b"\x78\xf0\x03"),
+        "uint4": ([15, 0, 9], b"\x0f\x09"),
+        "int2": ([1, -2, 0, -1, 1], b"\xc9\x01"),
+        "uint2": ([3, 2, 1, 0, 3, 3], b"\x1b\x0f"),
+        "float4e2m1": ([1.0, -2.0, 6.0], b"\xc2\x07"),
+    }
+    from edgeinfer import dtypes
+
+    for key, (values, expected) in cases.items():
+        arr = np.array(values, np.float32).astype(dtypes.to_numpy(key.strip()))
+        header, blobs = split(dumps_eim(packed_graph({"w": arr})))
+        assert blobs[: header["tensors"][0]["length"]] == expected, key
+        np.testing.assert_array_equal(loads_eim(dumps_eim(packed_graph({"w": arr}))).constants["w"], arr)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(sorted(PACKED)), hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6), st.data())
+def test_property_packed_round_trip(dtype, shape, data):
+    pytest.importorskip("ml_dtypes")
+    n = math.prod(shape)
+    codes = data.draw(hnp.arrays(np.uint8, n, elements=st.integers(0, (1 << PACKED[dtype]) - 1)))
+    arr = sub_byte(dtype, codes).reshape(shape)
+    back = loads_eim(dumps_eim(packed_graph({"w": arr}))).constants["w"]
+    assert (back.dtype, back.shape, back.tobytes()) == (arr.dtype, arr.shape, arr.tobytes())
+
+
+def test_a_million_int4_values_take_half_a_megabyte(tmp_path):
+    arr = all_codes_array("int4", (1000, 1000))
+    save_eim(packed_graph({"w": arr}), tmp_path / "int4.eim")
+    save_eim(packed_graph({"w": arr.astype(np.int8)}), tmp_path / "int8.eim")
+    size, size8 = (tmp_path / "int4.eim").stat().st_size, (tmp_path / "int8.eim").stat().st_size
+    assert 500_000 <= size <= 500_000 + 1024, size  # the blob plus a small header
+    assert 1_000_000 <= size8 <= 1_000_000 + 1024, size8
+    back = load_eim(tmp_path / "int4.eim").constants["w"]
+    assert back.tobytes() == arr.tobytes()
+
+
+def test_stray_high_bits_are_stored_as_the_value_ml_dtypes_reads():
+    """An int4 array viewed from other bytes: ml_dtypes reads the low bits; the file keeps
+    those values (and so never holds a byte that means two things)."""
+    pytest.importorskip("ml_dtypes")
+    arr = np.array([0x17, 0xF8, 0x7F, 0x03], np.uint8).view(sub_byte("int4", [0]).dtype)
+    back = loads_eim(dumps_eim(packed_graph({"w": arr}))).constants["w"]
+    assert back.astype(int).tolist() == arr.astype(int).tolist() == [7, -8, -1, 3]
+    assert back.view(np.uint8).tolist() == [7, 8, 15, 3]
+
+
+def packed_file(values=(-8, 7, 0, -1, 3), dtype="int4"):
+    """A file with one float32 tensor and one 5-element packed tensor (tensor 1)."""
+    pytest.importorskip("ml_dtypes")
+    from edgeinfer import dtypes
+
+    arr = np.array(values, np.float32).astype(dtypes.to_numpy(dtype))
+    return dumps_eim(packed_graph({"f": np.arange(3, dtype=np.float32), "w": arr}))
+
+
+def reseal_blob(header, blobs, index, new_blob):
+    """Replace tensor ``index``'s blob (same padded size), fixing its length and crc32."""
+    entry = header["tensors"][index]
+    start, old_end = entry["offset"], entry["offset"] + entry["length"] + (-entry["length"] % 64)
+    padded = new_blob + bytes(-len(new_blob) % 64)
+    assert len(padded) == old_end - start
+    entry["length"], entry["crc32"] = len(new_blob), zlib.crc32(new_blob)
+    return assemble(header, blobs[:start] + padded + blobs[old_end:])
+
+
+@pytest.mark.parametrize("length, found", [(2, "found 2"), (4, "found 4"), (0, "found 0"), (6, "found 6")])
+def test_packed_blob_of_the_wrong_length_is_rejected(length, found):
+    rejects(rewrite(packed_file(), set_path(("tensors", 1, "length"), length)),
+            r"header.tensors\[1\].length: expected ceil\(5 elements x 4 bits / 8\) = 3 bytes for shape \[5\], " + found)
+
+
+def test_truncated_and_overlong_packed_blobs_are_rejected_even_when_resealed():
+    blob = split(packed_file())[1][64:67]
+    rejects(reseal_blob(*split(packed_file()), 1, blob[:2]), r"tensors\[1\].length: .*= 3 bytes .*found 2")
+    rejects(reseal_blob(*split(packed_file()), 1, blob + b"\x00"), r"tensors\[1\].length: .*= 3 bytes .*found 4")
+    rejects(packed_file()[:-64], "run past")  # the file itself cut inside the blob's block
+
+
+def test_non_zero_padding_bits_are_rejected():
+    header, blobs = split(packed_file())
+    blob = bytearray(blobs[64:67])
+    assert blob[2] == 0x03  # element 4 (value 3) in the low nibble, padding in the high one
+    blob[2] |= 0x50
+    rejects(reseal_blob(header, blobs, 1, bytes(blob)),
+            r"header.tensors\[1\]: the last byte 0x53 has non-zero padding bits after element 4")
+    header, blobs = split(packed_file([1, -1, 0], "int2"))  # 3 x 2 bits: the top 2 bits are padding
+    rejects(reseal_blob(header, blobs, 1, bytes([blobs[64] | 0x80])), "padding bits after element 2")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "float32", "bool", "float8e4m3fn", "bfloat16"])
+def test_bits_packed_with_a_dtype_it_does_not_cover(dtype):
+    mutate = lambda h: h["tensors"][1].update(dtype=dtype)  # noqa: E731
+    rejects(rewrite(packed_file(), mutate),
+            rf"header.tensors\[1\].dtype: dtype \"{dtype}\" cannot use encoding \"bits-packed\", which holds \["
+            r"'float4e2m1', 'int2', 'int4', 'uint2', 'uint4'\]")
+    mutate = lambda h: h["tensors"][0].update(encoding="bits-packed")  # noqa: E731
+    rejects(rewrite(packed_file(), mutate), r"tensors\[0\].dtype: dtype \"float32\" cannot use encoding")
+
+
+def test_bits_packed_across_dtypes_of_other_widths_is_a_length_error():
+    """int4 bytes relabelled int2 (same encoding, other width) hold 10 elements, not 5."""
+    rejects(rewrite(packed_file(), lambda h: h["tensors"][1].update(dtype="int2")),
+            r"tensors\[1\].length: expected ceil\(5 elements x 2 bits / 8\) = 2 bytes")
+
+
+def test_old_raw_sub_byte_files_still_load():
+    """Files written before "bits-packed" hold one byte per sub-byte value ("raw")."""
+    pytest.importorskip("ml_dtypes")
+    arrays = {d: all_codes_array(d, (2, 3), seed=i) for i, d in enumerate(sorted(PACKED))}
+    header, _ = split(dumps_eim(packed_graph(arrays)))
+    blobs = b""
+    for entry, arr in zip(header["tensors"], arrays.values()):
+        raw = arr.tobytes()
+        entry.update(encoding="raw", offset=len(blobs), length=len(raw), crc32=zlib.crc32(raw))
+        blobs += raw + bytes(-len(raw) % 64)
+    back = loads_eim(assemble(header, blobs)).constants
+    for name, arr in arrays.items():
+        assert (back[name].dtype, back[name].tobytes()) == (arr.dtype, arr.tobytes())
+    # a raw byte with stray high bits means different things to different readers: refused
+    entry = header["tensors"][0]
+    bad = bytes([0x17]) + arrays[entry["name"]].tobytes()[1:]
+    entry["crc32"] = zlib.crc32(bad)
+    rejects(assemble(header, bad + blobs[len(bad):]),
+            rf"tensors\[0\]: {entry['dtype']} element 0 is byte 0x17, expected 0x00..0x0f")
+
+
+def test_fuzz_packed_file_only_raises_model_format_errors():
+    rng = random.Random(77)
+    seed = dumps_eim(packed_graph({d: all_codes_array(d, (3, 3), seed=i) for i, d in enumerate(sorted(PACKED))}))
+    for i in range(200):
+        if i % 2:  # a random blob byte, re-sealed so that only the packed decoder can object
+            header, blobs = split(seed)
+            k = rng.randrange(len(header["tensors"]))
+            entry = header["tensors"][k]
+            blob = bytearray(blobs[entry["offset"] : entry["offset"] + entry["length"]])
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+            data = reseal_blob(header, blobs, k, bytes(blob))
+        else:
+            header, blobs = split(seed)
+            mutate_structure(rng, header)
+            data = assemble(header, blobs)
+        try:
+            loaded = loads_eim(data)
+        except ModelFormatError:
+            continue
+        dumps_eim(loaded)
+
+
+# ------------------------------------------------------------ end to end: int4 PP-OCRv4 rec
+@pytest.fixture(scope="module")
+def ppocr_rec_int4():
+    pytest.importorskip("ml_dtypes")
+    import edgeinfer
+    from edgeinfer.converters.quantize import quantize_weights
+    from models import model_path
+
+    g = edgeinfer.load(model_path("ppocr_rec"))
+    return quantize_weights(g, weights="int4"), quantize_weights(g, weights="int8")
+
+
+def test_int4_ppocr_rec_eim_is_smaller_than_int8_and_runs_identically(ppocr_rec_int4, tmp_path):
+    import edgeinfer
+
+    q4, q8 = ppocr_rec_int4
+    save_eim(q4, tmp_path / "int4.eim")
+    save_eim(q8, tmp_path / "int8.eim")
+    size4, size8 = (tmp_path / "int4.eim").stat().st_size, (tmp_path / "int8.eim").stat().st_size
+    header, _ = split((tmp_path / "int4.eim").read_bytes())
+    packed = [t for t in header["tensors"] if t["encoding"] == "bits-packed"]
+    n_int4 = sum(1 for v in q4.constants.values() if _ir(v) == "int4")
+    assert n_int4 > 0 and len(packed) == n_int4 and {t["dtype"] for t in packed} == {"int4"}
+    # the int4 weights take half a byte each, so the file beats int8 (scales per 32 included)
+    int4_values = sum(math.prod(t["shape"]) for t in packed)
+    assert sum(t["length"] for t in packed) == sum(-(-math.prod(t["shape"]) // 2) for t in packed)
+    assert size4 < size8, (size4, size8)
+    assert size8 - size4 > int4_values // 4, (size4, size8, int4_values)
+    loaded = load_eim(tmp_path / "int4.eim")
+    assert_same(q4.constants, loaded.constants)
+    x = np.random.default_rng(0).standard_normal((1, 3, 48, 96)).astype(np.float32)
+    name = q4.inputs[0].name
+    ref = edgeinfer.Session(q4, backend="cpu").run({name: x})
+    got = edgeinfer.Session(loaded, backend="cpu").run({name: x})
+    assert list(ref) == list(got)
+    for k in ref:
+        assert ref[k].dtype == got[k].dtype and ref[k].tobytes() == got[k].tobytes(), k
