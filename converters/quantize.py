@@ -32,7 +32,9 @@ from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.graph import Graph, Node, ValueInfo
 
 METHODS = ("minmax", "percentile", "mse", "entropy")
-ACTIVATIONS = ("uint8", "int8")
+ACTIVATIONS = ("uint8", "int8", "auto")
+# "auto": a range this close to symmetric about 0 is quantized int8 symmetric (zero point 0)
+SYMMETRIC_RATIO = 0.8
 _TARGETS = ("Conv", "Gemm", "MatMul")
 
 
@@ -299,8 +301,19 @@ def _calibrate_histograms(graph, feeds, tensors, method, percentile, progress) -
 # ----------------------------------------------------------------------------- rewrite
 def activation_params(r: Range, dtype: str = "uint8") -> tuple[np.float32, np.ndarray]:
     """Scale and zero point of a per-tensor activation range; the range always holds 0, so
-    zero (padding, ReLU's floor) is exact."""
+    zero (padding, ReLU's floor) is exact.
+
+    ``dtype="auto"`` chooses per tensor: a range nearly symmetric about zero (the smaller side at
+    least ``SYMMETRIC_RATIO`` of the larger) becomes int8 with zero point 0, which integer kernels
+    handle without a zero-point correction term and which loses at most a fifth of a level's
+    resolution; anything lopsided (a ReLU or HardSwish output) stays uint8 asymmetric, where a
+    symmetric grid would waste half its levels on values that never occur."""
     lo, hi = min(r.lo, 0.0), max(r.hi, 0.0)
+    if dtype == "auto":
+        small, large = sorted((-lo, hi))
+        if large > 0 and small >= SYMMETRIC_RATIO * large:
+            return np.float32(large / 127.0), np.array(0, dtype=np.int8)
+        dtype = "uint8"
     if dtype == "uint8":
         qmin, qmax, np_t = 0, 255, np.uint8
     else:
@@ -403,15 +416,17 @@ def _weight_axis(n: Node, w: np.ndarray | None) -> int | None:
 
 def _dequantized_constant(g: Graph, nodes: list[Node], name: str, q: np.ndarray, scale: np.ndarray,
                           axis: int | None) -> str:
-    qn, sn, zn = g.unique_name(name + "_quantized"), g.unique_name(name + "_scale"), g.unique_name(name + "_zero_point")
+    """A symmetric constant read through DequantizeLinear. The zero point is left out (the
+    spec's default is 0 of the input's type): a per-channel array of zeros would cost the file a
+    tensor per layer for nothing (about 50 KB on PP-OCRv4 rec)."""
+    qn, sn = g.unique_name(name + "_quantized"), g.unique_name(name + "_scale")
     out = g.unique_name(name + "_dequantized")
     scale = np.asarray(scale, np.float32).reshape(-1)
     per_axis = axis is not None and scale.size > 1
     g.constants[qn] = q
     g.constants[sn] = scale if per_axis else scale[:1].reshape(())  # one scale: scalar parameters
-    g.constants[zn] = np.zeros(g.constants[sn].shape, q.dtype)
     attrs = {"axis": int(axis)} if per_axis else {}
-    nodes.append(Node("DequantizeLinear", (qn, sn, zn), (out,), attrs, name=out))
+    nodes.append(Node("DequantizeLinear", (qn, sn), (out,), attrs, name=out))
     return out
 
 
@@ -516,16 +531,21 @@ def _blocked_dequantized(g: Graph, nodes: list[Node], name: str, q: np.ndarray, 
 
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (), *, mode: str = "static",
              method: str = "minmax", percentile: float = 99.99, activations: str = "uint8", per_channel: bool = True,
-             weights: str = "int8", block_size: int = 0, equalize: bool = True,
-             exclude: Iterable[str] = (), accuracy: Callable[[object], float] | None = None, max_drop: float = 0.01,
+             weights: str = "int8", block_size: int = 0, equalize: bool = True, smooth: float | None = 0.5,
+             bias_correction: bool = False, exclude: Iterable[str] = (),
+             accuracy: Callable[[object], float] | None = None, max_drop: float = 0.01,
              max_trials: int = 24, ranking_batches: int = 2,
              progress: Callable[[str, int, int | None], None] | None = None) -> Graph:
     """Quantize ``graph`` (not changed); the result carries ``metadata["edgeinfer.quantization"]``
     (JSON: mode, method, and per layer its precision, why it stayed float and its sensitivity).
 
     Modes:
-        ``static``: prepare, equalize (:func:`equalize_channels`), calibrate on ``calibration`` (feed
-        dicts; read several times, so a list is best) and rewrite with QDQ.
+        ``static``: prepare, equalize conv pairs (:func:`equalize_channels`), smooth
+        LayerNorm -> MatMul sites with SmoothQuant's ``alpha = smooth`` (None: off;
+        :func:`.quantize_tuning.smooth_matmuls`), calibrate on ``calibration`` (feed dicts; read
+        several times, so a list is best), rewrite with QDQ and, with ``bias_correction``,
+        correct each layer's bias for the mean shift quantization causes
+        (:func:`.quantize_tuning.correct_bias`).
         ``dynamic``: int8 products with run-time activation ranges, other weights int8
         (:func:`.quantize_dynamic.quantize_dynamic`); no calibration.
         ``weight_only``: int8 per channel or int4 blocked weights, every large table included
@@ -576,15 +596,47 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (),
     equalized = 0
     if equalize:
         prepared, equalized = equalize_channels(prepared, feeds, progress=stage("equalize"))
+    smoothed = 0
+    if smooth is not None:
+        from .quantize_tuning import smooth_matmuls
+
+        prepared, smoothed = smooth_matmuls(prepared, feeds, alpha=float(smooth), progress=stage("smooth"))
     ranges = calibrate(prepared, feeds, method=method, percentile=percentile, progress=stage("calibrate"))
     skip = set(exclude)
     settings = {"mode": mode, "method": method, "activations": activations, "weights": "int8",
-                "per_channel": per_channel, "equalized_pairs": equalized}
-    q = quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=skip)
+                "per_channel": per_channel, "equalized_pairs": equalized, "smoothed_sites": smoothed,
+                "bias_corrected": 0}
+
+    def finish(g: Graph) -> Graph:
+        if not bias_correction:
+            return g
+        from edgeinfer.session import Session
+
+        from .quantize_tuning import correct_bias
+
+        # measured on some calibration feeds, checked on others: kept only if it brings the
+        # model's outputs closer to float on feeds it was not fitted to (with heavily clipped
+        # ranges, e.g. entropy on the digits CNN, the shift is input-dependent and the
+        # correction can overfit the feeds it saw)
+        half = max(1, min(4, len(feeds) // 2))
+        fixed, n = correct_bias(prepared, g, feeds[:half], batches=half, progress=stage("bias"))
+        check = feeds[half:half + 4] or feeds[:half]
+        names = [v.name for v in prepared.outputs]
+        ref_sess = Session(prepared, threads=None)
+        refs = [{k: np.asarray(v, np.float64) for k, v in ref_sess.run(dict(f)).items()
+                 if k in names and np.asarray(v).dtype.kind == "f"} for f in check]
+        before = _output_error(Session(g, threads=None), check, refs)
+        after = _output_error(Session(fixed, threads=None), check, refs)
+        settings["bias_correction"] = {"layers": n, "output_error_before": before, "output_error_after": after,
+                                       "kept": after < before}
+        settings["bias_corrected"] = n if after < before else 0
+        return fixed if after < before else g
+
+    q = finish(quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=skip))
     if accuracy is None:
         return _tag(q, settings, graph_layers(q, skip))
     report = _accuracy_aware(prepared, ranges, q, feeds[:max(1, ranking_batches)], skip, accuracy,
-                             max_drop, max_trials, activations, per_channel, stage("rank"), stage("evaluate"))
+                             max_drop, max_trials, activations, per_channel, stage("rank"), stage("evaluate"), finish)
     best, layers, summary = report
     settings.update(summary)
     return _tag(best, settings, layers)
@@ -645,12 +697,13 @@ def _output_error(sess, feeds, refs) -> float:
 
 
 def _accuracy_aware(prepared, ranges, q_all, rank_feeds, skip, accuracy, max_drop, max_trials, activations,
-                    per_channel, rank_progress, eval_progress):
+                    per_channel, rank_progress, eval_progress, finish):
     from edgeinfer.session import Session
 
-    def build(float_nodes):
-        return quantize_static(prepared, ranges, activations=activations, per_channel=per_channel,
-                               exclude=skip | set(float_nodes))
+    def build(float_nodes, final=True):
+        g = quantize_static(prepared, ranges, activations=activations, per_channel=per_channel,
+                            exclude=skip | set(float_nodes))
+        return finish(g) if final else g
 
     def score(g):
         return float(accuracy(Session(g, threads=None)))
@@ -667,12 +720,12 @@ def _accuracy_aware(prepared, ranges, q_all, rank_feeds, skip, accuracy, max_dro
     names = [v.name for v in prepared.outputs]
     refs = [{k: np.asarray(v, np.float64) for k, v in ref_sess.run(dict(f)).items()
              if k in names and np.asarray(v).dtype.kind == "f"} for f in rank_feeds]
-    err_all = _output_error(Session(q_all, threads=None), rank_feeds, refs)
+    err_all = _output_error(Session(build([], final=False), threads=None), rank_feeds, refs)
     targets = [n.name for n in prepared.nodes if not n.domain and n.op_type in _TARGETS and n.name not in skip
                and n.inputs and n.inputs[0] in ranges]
     gain: dict[str, float] = {}
     for k, t in enumerate(targets, 1):
-        gain[t] = err_all - _output_error(Session(build([t]), threads=None), rank_feeds, refs)
+        gain[t] = err_all - _output_error(Session(build([t], final=False), threads=None), rank_feeds, refs)
         if rank_progress is not None:
             rank_progress(k, len(targets))
     order = sorted(targets, key=lambda t: -gain[t])

@@ -475,11 +475,18 @@ def _print_profile(report: dict, top: int) -> None:
               help="Weight type for --mode weight_only.")
 @click.option("--block-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Values per scale for --mode weight_only (0: per channel for int8, 32 for int4).")
-@click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
+@click.option("--activations", type=click.Choice(["uint8", "int8", "auto"]), default="uint8", show_default=True,
+              help="Activation type; auto: int8 symmetric where a range is nearly symmetric, else uint8.")
 @click.option("--calib-batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--exclude", multiple=True, metavar="NODE", help="A node to keep in float (repeatable).")
 @click.option("--equalize/--no-equalize", default=True, show_default=True,
               help="Even out channel ranges between Conv pairs before calibrating (static).")
+@click.option("--smooth", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="SmoothQuant alpha for LayerNorm -> MatMul sites (static); --no-smooth turns it off.")
+@click.option("--no-smooth", is_flag=True, help="Do not rebalance LayerNorm -> MatMul sites.")
+@click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
+              help="Correct each layer's bias for the mean shift quantization causes (static); kept only "
+                   "when it brings the outputs closer to float on calibration feeds it was not fitted to.")
 @click.option("--eval", "eval_script", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="A Python file of yours defining evaluate(session) -> float (higher is better); with it, "
                    "static quantization is accuracy-aware. The file is run: pass only your own code.")
@@ -491,7 +498,7 @@ def _print_profile(report: dict, top: int) -> None:
 @click.option("--report-backends", default="ort,openvino,litert", show_default=True,
               help="Backends the report times, comma-separated.")
 def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, activations, calib_batch, exclude,
-             equalize, eval_script, max_drop, report_path, report_backends) -> None:
+             equalize, smooth, no_smooth, bias_correction, eval_script, max_drop, report_path, report_backends) -> None:
     """Quantize SRC into DST (.onnx, .eim or .tflite by suffix).
 
     Static int8 writes explicit QDQ: per-channel int8 weights, int32 biases, per-tensor
@@ -520,6 +527,7 @@ def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, act
     try:
         q = run_quantize(graph, feeds, mode=mode, method=method, activations=activations, weights=weights,
                          block_size=block_size, exclude=exclude, equalize=equalize, accuracy=accuracy,
+                         smooth=None if no_smooth else smooth, bias_correction=bias_correction,
                          max_drop=max_drop,
                          progress=lambda stage, done, total: bar(f"{stage} {done}/{total or '?'}",
                                                                  done / total if total else 0.0))

@@ -158,7 +158,15 @@ def compile(graph: Graph, input_shapes: dict[str, tuple], threads: int | None = 
             fallback = f"loaded with graph_optimization_level='basic': the full level failed: {str(e)[:300]}"
     exe = OrtExecutable(graph, session)
     exe.fallback = fallback
+    if fallback is None and "graph_optimization_level" not in options:
+        exe.reload_basic = lambda: _basic_session(ort, graph, threads, options, providers, provider_options)
     return exe
+
+
+def _basic_session(ort, graph: Graph, threads, options: dict, providers, provider_options):
+    so = _session_options(ort, threads, {**options, "graph_optimization_level": "basic"})
+    with exported_onnx(graph) as model:
+        return ort.InferenceSession(model, so, providers=providers, provider_options=provider_options)
 
 
 def _optimizer_made(message: str, graph: Graph) -> bool:
@@ -231,6 +239,9 @@ def _session_options(ort, threads: int | None, options: dict):
 class OrtExecutable:
     """One ``InferenceSession``; ``run`` is safe to call from several threads at once."""
 
+    reload_basic = None  # set when the user left the optimization level to us: see ``run``
+    fallback = None
+
     def __init__(self, graph: Graph, session):
         self.session = session
         self.providers = session.get_providers()
@@ -241,6 +252,21 @@ class OrtExecutable:
         try:
             values = self.session.run(self.output_names, feeds)
         except Exception as e:
-            raise KernelError(f"ONNX Runtime failed running the model: {e}") from e
+            # ORT's full-level rewrites can also break a model at run time (seen: its transpose
+            # optimizer moves a Transpose through a cubic Resize whose new scales that Resize then
+            # rejects, on a ViT whose position embedding is read through DequantizeLinear). The
+            # feeds were validated, so try once more with the basic rewrites only and keep that
+            # session if it works.
+            retry, self.reload_basic = self.reload_basic, None
+            if retry is None:
+                raise KernelError(f"ONNX Runtime failed running the model: {e}") from e
+            try:
+                session = retry()
+                values = session.run(self.output_names, feeds)
+            except Exception:
+                raise KernelError(f"ONNX Runtime failed running the model: {e}") from e
+            self.session = session
+            self.fallback = (f"reloaded with graph_optimization_level='basic': running at the full level failed: "
+                             f"{str(e)[:300]}")
         return {name: as_ir_value(v, self._dtypes[name]) for name, v in zip(self.output_names, values)}
 
