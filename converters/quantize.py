@@ -32,7 +32,7 @@ from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.graph import Graph, Node, ValueInfo
 
 METHODS = ("minmax", "percentile", "mse", "entropy")
-ACTIVATIONS = ("uint8", "int8", "auto")
+ACTIVATIONS = ("uint8", "int8", "int16", "auto")
 # "auto": a range this close to symmetric about 0 is quantized int8 symmetric (zero point 0)
 SYMMETRIC_RATIO = 0.8
 _TARGETS = ("Conv", "Gemm", "MatMul")
@@ -314,6 +314,9 @@ def activation_params(r: Range, dtype: str = "uint8") -> tuple[np.float32, np.nd
         if large > 0 and small >= SYMMETRIC_RATIO * large:
             return np.float32(large / 127.0), np.array(0, dtype=np.int8)
         dtype = "uint8"
+    if dtype == "int16":  # symmetric, zero point 0: the form TFLite's 16x8 kernels and ORT's 16-bit QDQ take
+        large = max(-lo, hi)
+        return np.float32(large / 32767.0 if large > 0 else 1.0), np.array(0, dtype=np.int16)
     if dtype == "uint8":
         qmin, qmax, np_t = 0, 255, np.uint8
     else:

@@ -475,8 +475,9 @@ def _print_profile(report: dict, top: int) -> None:
               help="Weight type for --mode weight_only.")
 @click.option("--block-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Values per scale for --mode weight_only (0: per channel for int8, 32 for int4).")
-@click.option("--activations", type=click.Choice(["uint8", "int8", "auto"]), default="uint8", show_default=True,
-              help="Activation type; auto: int8 symmetric where a range is nearly symmetric, else uint8.")
+@click.option("--activations", type=click.Choice(["uint8", "int8", "int16", "auto"]), default="uint8",
+              show_default=True, help="Activation type; int16 is symmetric (zero point 0); auto: int8 "
+                                      "symmetric where a range is nearly symmetric, else uint8.")
 @click.option("--calib-batch", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--exclude", multiple=True, metavar="NODE", help="A node to keep in float (repeatable).")
 @click.option("--equalize/--no-equalize", default=True, show_default=True,

@@ -286,3 +286,18 @@ def test_accuracy_aware_returns_sensitive_layers_to_float_first(digits):
     q = quantize(g, calib, accuracy=closeness, max_drop=10.0)
     info = json.loads(q.metadata["edgeinfer.quantization"])
     assert len(info["trials"]) == 1 and all(x["precision"] == "int8" for x in info["layers"])
+
+
+def test_int16_activations_run_in_onnx_runtimes_and_litert_export_says_why_not(digits):
+    from edgeinfer.errors import EdgeInferError
+
+    g, calib, x, y = digits
+    q = quantize(g, calib, activations="int16")
+    zps = [q.constants[n.inputs[2]] for n in q.nodes if n.op_type == "QuantizeLinear"]
+    assert zps and all(z.dtype == np.int16 and int(z) == 0 for z in zps)
+    ref = edgeinfer.Session(g).run({"image": x})["logits"]
+    for backend in ("cpu", "ort", "openvino"):
+        got = edgeinfer.Session(q, backend=backend).run({"image": x})["logits"]
+        assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max(), backend
+    with pytest.raises(EdgeInferError, match="int16"):
+        edgeinfer.Session(q, backend="litert").run({"image": x})
