@@ -1,25 +1,34 @@
-"""Static int8 quantization of an IR graph: calibration on the cpu backend, then explicit QDQ.
+"""Quantization of an IR graph: static int8 QDQ with calibration on the cpu backend, and the
+modes that need no calibration (dynamic int8, weight-only int8/int4, fp16/bf16 storage).
 
-First step of the quantization work (issue 7): ``mode="static"`` with min/max calibration,
-per-channel symmetric int8 weights and per-tensor activations. The result is an ordinary IR
-graph with ``QuantizeLinear``/``DequantizeLinear`` pairs, which the cpu backend runs, the ONNX
-exporter writes as QDQ for ONNX Runtime and OpenVINO to fuse, and the TFLite exporter turns into
-int8 tensors.
+The result is an ordinary IR graph with ``QuantizeLinear``/``DequantizeLinear`` pairs, which the
+cpu backend runs, the ONNX exporter writes as QDQ for ONNX Runtime and OpenVINO to fuse into
+integer kernels, and the TFLite exporter turns into int8 tensors where it can. It carries
+``metadata["edgeinfer.quantization"]`` (settings, and per layer its precision and why it is float).
 
-1. **Preparation, no hand work needed:** the importer has already put every node in the latest
-   opset form. Here constants are folded (Constant nodes and shape arithmetic), Identity and
-   Dropout go, and BatchNormalization is folded into the convolution before it, so the
-   quantized weights are the ones that run.
-2. **Calibration** (:func:`calibrate`) adds a ReduceMin and a ReduceMax per tensor to observe to a
-   copy of the graph and runs the caller's feeds through it on the cpu backend, one pass, keeping
-   running extremes. Only scalars come back, not the activations.
-3. **Rewrite** (:func:`quantize_static`): for every Conv, Gemm and MatMul,
+Static (:func:`quantize` with ``mode="static"``):
+
+1. **Preparation, no hand work needed** (:func:`prepare`): the importer has already put every
+   node in the latest opset form. Constants are folded (Constant nodes and shape arithmetic),
+   Identity and Dropout go, and BatchNormalization is folded into the convolution before it, so
+   the quantized weights are the ones that run.
+2. **Rebalancing, exact in float**: cross-layer equalization of conv pairs
+   (:func:`equalize_channels`) and SmoothQuant for LayerNorm -> MatMul
+   (:mod:`.quantize_tuning`), so one per-tensor scale fits every channel.
+3. **Calibration** (:func:`calibrate`): one pass on the cpu backend over the caller's feeds,
+   with a ReduceMin/ReduceMax per observed tensor (``minmax``) or growing histograms
+   (``percentile``, ``mse``, ``entropy``; :mod:`.calibration`).
+4. **Rewrite** (:func:`quantize_static`): for every Conv, Gemm and MatMul,
    * the float activation input gets a QuantizeLinear -> DequantizeLinear pair (one per tensor,
      shared by its consumers), uint8 asymmetric by default, with zero exactly representable;
    * a constant weight becomes int8 with one symmetric scale per output channel, read through a
      per-axis DequantizeLinear;
    * a constant bias becomes int32 with scale ``s_x * s_w`` (per channel), as integer kernels
      add it.
+   Everything else (softmax, LayerNorm, activations, the residual adds) stays float.
+5. Optionally **bias correction** (:func:`.quantize_tuning.correct_bias`) and the
+   **accuracy-aware** search that returns the most sensitive layers to float until the user's
+   metric is within ``max_drop`` (see :func:`quantize`).
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from edgeinfer.errors import EdgeInferError, InputError
+from edgeinfer.errors import InputError
 from edgeinfer.graph import Graph, Node, ValueInfo
 
 METHODS = ("minmax", "percentile", "mse", "entropy")
@@ -131,7 +140,9 @@ def equalize_channels(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *
     pairs = equalization_pairs(graph)
     if not pairs:
         return graph, 0
-    amax = _channel_amax(graph, {p.tensor: graph.constants[p.consumer.inputs[1]].ndim for p in pairs}, feeds, progress)
+    watch = {p.tensor: graph.constants[p.consumer.inputs[1]].ndim for p in pairs}
+    watch.update({p.producer.outputs[0]: graph.constants[p.consumer.inputs[1]].ndim for p in pairs})
+    amax = _channel_amax(graph, watch, feeds, progress)
     g = graph.copy()
     done = 0
     for pair in pairs:
@@ -148,7 +159,14 @@ def equalize_channels(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *
             wc = np.tile(wc, group) if group > 1 else wc
             s = np.sqrt(a / np.maximum(wc, 1e-12))
             s = s / np.exp(np.mean(np.log(np.maximum(s, 1e-12))))  # geometric mean 1: sizes stay put
-        s = np.where((a > 0) & np.isfinite(s), np.clip(s, 1e-4, 1e4), 1.0).astype(np.float32)
+        s = np.where((a > 0) & np.isfinite(s), np.clip(s, 1e-4, 1e4), 1.0)
+        # the producer's own output (before a ReLU, say) is scaled by 1/s too: a nearly dead
+        # channel must not blow its negative values past the tensor's range (that output may be
+        # quantized as well)
+        pre = amax.get(pair.producer.outputs[0])
+        if pre is not None and pre.shape == s.shape and np.all(np.isfinite(pre)) and pre.max() > 0:
+            s = np.maximum(s, pre / pre.max())
+        s = s.astype(np.float32)
         p = pair.producer
         w1n = g.unique_name(p.inputs[1] + "_equalized")
         g.constants[w1n] = (g.constants[p.inputs[1]] / s.reshape((-1,) + (1,) * (g.constants[p.inputs[1]].ndim - 1))
@@ -205,20 +223,66 @@ def _channel_amax(graph: Graph, tensors: dict[str, int], feeds, progress) -> dic
 
 
 # ----------------------------------------------------------------------------- calibration
-def observed_tensors(graph: Graph) -> list[str]:
+def observed_tensors(graph: Graph, outputs: bool = False) -> list[str]:
     """The float activations quantize_static puts a QuantizeLinear on: the non-constant inputs of
-    every Conv, Gemm and MatMul."""
+    every Conv, Gemm and MatMul, and with ``outputs`` their outputs that are not graph outputs."""
     out: list[str] = []
+    head = _head_tensors(graph) if outputs else set()
+    cons = graph.consumers() if outputs else {}
     for n in graph.nodes:
         if n.domain or n.op_type not in _TARGETS:
             continue
-        ins = n.inputs[:2]
+        ins = list(n.inputs[:2])
+        point = _output_point(graph, n, cons) if outputs else None
+        if point and point not in head:
+            ins.append(point)
         for k, name in enumerate(ins):
             if name and name not in graph.constants and name not in out:
-                if n.op_type == "Conv" and k == 1:
+                if n.op_type == "Conv" and k == 1 and name == n.inputs[1]:
                     continue  # a run-time conv weight stays float
                 out.append(name)
     return out
+
+
+_FUSED_ACTIVATIONS = ("Relu", "Clip")  # integer kernels apply these before requantizing
+
+
+def _output_point(graph: Graph, n: Node, consumers: Mapping[str, list[Node]]) -> str | None:
+    """Where a layer's output is quantized: after a Relu or Clip that is its only reader (as
+    integer kernels fuse them, and a ReLU's negative half would waste the int8 range: an SE
+    block's squeeze conv spans [-3.9, 0.002] before its ReLU), else the output itself."""
+    if not n.outputs or not n.outputs[0]:
+        return None
+    y = n.outputs[0]
+    users = consumers.get(y, [])
+    if len(users) == 1 and not users[0].domain and users[0].op_type in _FUSED_ACTIVATIONS \
+            and y not in graph.output_names and all(i in graph.constants for i in users[0].inputs[1:] if i):
+        a = users[0]
+        if a.op_type == "Clip":  # the Q range always holds 0: exact only if the bounds do too
+            lo = float(graph.constants[a.inputs[1]]) if len(a.inputs) > 1 and a.inputs[1] else -np.inf
+            hi = float(graph.constants[a.inputs[2]]) if len(a.inputs) > 2 and a.inputs[2] else np.inf
+            if not lo <= 0 <= hi:
+                return y
+        return a.outputs[0]
+    return y
+
+
+def _head_tensors(graph: Graph) -> set[str]:
+    """Tensors from which a graph output is reached without passing another Conv/Gemm/MatMul:
+    the head's logits and what follows them. Their outputs are not quantized: a calibrated
+    range clips exactly the rare large logits that decide the answer (PP-OCRv4 rec with mse
+    ranges then reads 7 % of its characters)."""
+    prod = graph.producers()
+    head, todo = set(), list(graph.output_names)
+    while todo:
+        t = todo.pop()
+        if t in head:
+            continue
+        head.add(t)
+        p = prod.get(t)
+        if p is not None and not (not p.domain and p.op_type in _TARGETS):
+            todo.extend(i for i in p.inputs if i and i not in graph.constants)
+    return head
 
 
 def calibrate(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *, tensors: list[str] | None = None,
@@ -340,13 +404,17 @@ def weight_params(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantize_static(graph: Graph, ranges: Mapping[str, Range], *, activations: str = "uint8",
-                    per_channel: bool = True, exclude: Iterable[str] = ()) -> Graph:
+                    per_channel: bool = True, exclude: Iterable[str] = (), outputs: bool = False) -> Graph:
     """The graph with QDQ around every Conv, Gemm and MatMul whose activations were calibrated
-    (see the module doc). ``exclude`` names nodes to keep in float."""
+    (see the module doc). ``exclude`` names nodes to keep in float. ``outputs``: a layer's output
+    (when calibrated and not a graph output) also goes through QuantizeLinear -> DequantizeLinear,
+    the DQ -> op -> Q form ONNX Runtime fuses into QLinearConv / QLinearMatMul and the TFLite
+    exporter writes as an int8 op; its readers then see the dequantized value."""
     if activations not in ACTIVATIONS:
         raise InputError(f"activations must be one of {list(ACTIVATIONS)}, got {activations!r}")
     g = graph.copy()
     skip = set(exclude)
+    graph_outputs = set(g.output_names)
     qdq: dict[str, str] = {}  # float tensor -> its dequantized twin
     act_scale: dict[str, np.float32] = {}
     new_nodes: list[Node] = []
@@ -363,11 +431,35 @@ def quantize_static(graph: Graph, ranges: Mapping[str, Range], *, activations: s
         qdq[name], act_scale[name] = dq, scale
         return dq
 
+    cons = g.consumers() if outputs else {}
+    absorbed: set[str] = set()  # outputs of Relu/Clip nodes whose work a QuantizeLinear does
+
+    def emit_output_qdq(node: Node, point: str | None) -> bool:
+        """Append ``node`` then Q -> DQ writing ``point`` (its output, or the output of the Relu /
+        Clip after it, which the Q's saturation then applies exactly: the Q range lies within
+        the activation's bounds); False (nothing appended) when there is nothing to quantize."""
+        y = node.outputs[0] if node.outputs else ""
+        if not point or point not in ranges or point in graph_outputs or point in qdq:
+            return False
+        raw = g.unique_name(point + "_before_requantize")
+        new_nodes.append(node.replace(outputs=(raw, *node.outputs[1:])))
+        scale, zp = activation_params(ranges[point], activations)
+        s, z = g.unique_name(point + "_scale"), g.unique_name(point + "_zero_point")
+        q = g.unique_name(point + "_quantized")
+        g.constants[s], g.constants[z] = np.asarray(scale, np.float32), zp
+        new_nodes.append(Node("QuantizeLinear", (raw, s, z), (q,), name=q))
+        new_nodes.append(Node("DequantizeLinear", (q, s, z), (point,), name=g.unique_name(point + "_dequantized")))
+        qdq[point], act_scale[point] = point, scale  # already dequantized: a reader quantizes nothing again
+        if point != y:
+            absorbed.add(point)
+        return True
+
     for n in g.nodes:
         target = (not n.domain and n.op_type in _TARGETS and n.name not in skip
                   and n.inputs and n.inputs[0] in ranges)
         if not target:
-            new_nodes.append(n)
+            if not (n.outputs and n.outputs[0] in absorbed):  # a Relu/Clip the Q above applies
+                new_nodes.append(n)
             continue
         x = n.inputs[0]
         w = n.inputs[1] if len(n.inputs) > 1 else ""
@@ -392,7 +484,9 @@ def quantize_static(graph: Graph, ranges: Mapping[str, Range], *, activations: s
                     ins[2] = _dequantized_constant(g, new_nodes, b, bq.astype(np.int32), bias_scale, 0)
         elif len(n.inputs) > 1 and w in ranges and n.op_type == "MatMul":
             ins[1] = quantized(w)  # activation @ activation (attention): both sides quantized
-        new_nodes.append(n.replace(inputs=tuple(ins)))
+        point = _output_point(g, n, cons) if outputs else None
+        if not emit_output_qdq(n.replace(inputs=tuple(ins)), point):
+            new_nodes.append(n.replace(inputs=tuple(ins)))
     return _finished(g, new_nodes)
 
 
@@ -535,7 +629,7 @@ def _blocked_dequantized(g: Graph, nodes: list[Node], name: str, q: np.ndarray, 
 def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (), *, mode: str = "static",
              method: str = "minmax", percentile: float = 99.99, activations: str = "uint8", per_channel: bool = True,
              weights: str = "int8", block_size: int = 0, equalize: bool = True, smooth: float | None = 0.5,
-             bias_correction: bool = False, exclude: Iterable[str] = (),
+             bias_correction: bool = False, outputs: bool = False, exclude: Iterable[str] = (),
              accuracy: Callable[[object], float] | None = None, max_drop: float = 0.01,
              max_trials: int = 24, ranking_batches: int = 2,
              progress: Callable[[str, int, int | None], None] | None = None) -> Graph:
@@ -546,7 +640,9 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (),
         ``static``: prepare, equalize conv pairs (:func:`equalize_channels`), smooth
         LayerNorm -> MatMul sites with SmoothQuant's ``alpha = smooth`` (None: off;
         :func:`.quantize_tuning.smooth_matmuls`), calibrate on ``calibration`` (feed dicts; read
-        several times, so a list is best), rewrite with QDQ and, with ``bias_correction``,
+        several times, so a list is best), rewrite with QDQ (``outputs=True``: each layer's
+        output too, after the Relu/Clip it feeds, for runtimes that fuse DQ -> op -> Q: ONNX
+        Runtime, the TFLite export) and, with ``bias_correction``,
         correct each layer's bias for the mean shift quantization causes
         (:func:`.quantize_tuning.correct_bias`).
         ``dynamic``: int8 products with run-time activation ranges, other weights int8
@@ -564,11 +660,9 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (),
     scorings). The result is the most-quantized model found within budget; when none is, the most
     accurate one tried, with ``"within_budget": false`` in the metadata.
 
-    ``progress(stage, done, total)`` is called as work advances (stages: "equalize",
-    "calibrate", "rank", "evaluate").
+    ``progress(stage, done, total)`` is called as work advances (stages: "equalize", "smooth",
+    "calibrate", "bias", "rank", "evaluate").
     """
-    import json
-
     def stage(name):
         return None if progress is None else (lambda done, total: progress(name, done, total))
 
@@ -604,9 +698,10 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (),
         from .quantize_tuning import smooth_matmuls
 
         prepared, smoothed = smooth_matmuls(prepared, feeds, alpha=float(smooth), progress=stage("smooth"))
-    ranges = calibrate(prepared, feeds, method=method, percentile=percentile, progress=stage("calibrate"))
+    ranges = calibrate(prepared, feeds, tensors=observed_tensors(prepared, outputs), method=method,
+                       percentile=percentile, progress=stage("calibrate"))
     skip = set(exclude)
-    settings = {"mode": mode, "method": method, "activations": activations, "weights": "int8",
+    settings = {"mode": mode, "method": method, "activations": activations, "weights": "int8", "outputs": outputs,
                 "per_channel": per_channel, "equalized_pairs": equalized, "smoothed_sites": smoothed,
                 "bias_corrected": 0}
 
@@ -624,10 +719,7 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (),
         half = max(1, min(4, len(feeds) // 2))
         fixed, n = correct_bias(prepared, g, feeds[:half], batches=half, progress=stage("bias"))
         check = feeds[half:half + 4] or feeds[:half]
-        names = [v.name for v in prepared.outputs]
-        ref_sess = Session(prepared, threads=None)
-        refs = [{k: np.asarray(v, np.float64) for k, v in ref_sess.run(dict(f)).items()
-                 if k in names and np.asarray(v).dtype.kind == "f"} for f in check]
+        refs = _float_outputs(prepared, check)
         before = _output_error(Session(g, threads=None), check, refs)
         after = _output_error(Session(fixed, threads=None), check, refs)
         settings["bias_correction"] = {"layers": n, "output_error_before": before, "output_error_after": after,
@@ -635,11 +727,13 @@ def quantize(graph: Graph, calibration: Iterable[Mapping[str, np.ndarray]] = (),
         settings["bias_corrected"] = n if after < before else 0
         return fixed if after < before else g
 
-    q = finish(quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=skip))
+    q = finish(quantize_static(prepared, ranges, activations=activations, per_channel=per_channel, exclude=skip,
+                               outputs=outputs))
     if accuracy is None:
         return _tag(q, settings, graph_layers(q, skip))
     report = _accuracy_aware(prepared, ranges, q, feeds[:max(1, ranking_batches)], skip, accuracy,
-                             max_drop, max_trials, activations, per_channel, stage("rank"), stage("evaluate"), finish)
+                             max_drop, max_trials, activations, per_channel, stage("rank"), stage("evaluate"), finish,
+                             outputs)
     best, layers, summary = report
     settings.update(summary)
     return _tag(best, settings, layers)
@@ -687,6 +781,17 @@ def _tag(g: Graph, settings: dict, layers: list[dict]) -> Graph:
     return g
 
 
+def _float_outputs(graph: Graph, feeds) -> list[dict[str, np.ndarray]]:
+    """The graph's float outputs (float64) for each feed, on the cpu backend: the reference
+    :func:`_output_error` compares against."""
+    from edgeinfer.session import Session
+
+    sess = Session(graph, threads=None)
+    names = set(graph.output_names)
+    return [{k: np.asarray(v, np.float64) for k, v in sess.run(dict(f)).items()
+             if k in names and np.asarray(v).dtype.kind == "f"} for f in feeds]
+
+
 def _output_error(sess, feeds, refs) -> float:
     """Relative squared error of every float output over the feeds: sum |y - ref|^2 / sum |ref|^2."""
     num = den = 0.0
@@ -700,12 +805,12 @@ def _output_error(sess, feeds, refs) -> float:
 
 
 def _accuracy_aware(prepared, ranges, q_all, rank_feeds, skip, accuracy, max_drop, max_trials, activations,
-                    per_channel, rank_progress, eval_progress, finish):
+                    per_channel, rank_progress, eval_progress, finish, outputs=False):
     from edgeinfer.session import Session
 
     def build(float_nodes, final=True):
         g = quantize_static(prepared, ranges, activations=activations, per_channel=per_channel,
-                            exclude=skip | set(float_nodes))
+                            exclude=skip | set(float_nodes), outputs=outputs)
         return finish(g) if final else g
 
     def score(g):
@@ -719,10 +824,7 @@ def _accuracy_aware(prepared, ranges, q_all, rank_feeds, skip, accuracy, max_dro
         summary.update(accuracy=got, within_budget=True, trials=trials)
         return q_all, graph_layers(q_all, skip), summary
     # rank: the output error that goes away when one layer alone returns to float
-    ref_sess = Session(prepared, threads=None)
-    names = [v.name for v in prepared.outputs]
-    refs = [{k: np.asarray(v, np.float64) for k, v in ref_sess.run(dict(f)).items()
-             if k in names and np.asarray(v).dtype.kind == "f"} for f in rank_feeds]
+    refs = _float_outputs(prepared, rank_feeds)
     err_all = _output_error(Session(build([], final=False), threads=None), rank_feeds, refs)
     targets = [n.name for n in prepared.nodes if not n.domain and n.op_type in _TARGETS and n.name not in skip
                and n.inputs and n.inputs[0] in ranges]

@@ -488,6 +488,10 @@ def _print_profile(report: dict, top: int) -> None:
 @click.option("--bias-correction/--no-bias-correction", default=False, show_default=True,
               help="Correct each layer's bias for the mean shift quantization causes (static); kept only "
                    "when it brings the outputs closer to float on calibration feeds it was not fitted to.")
+@click.option("--quantize-outputs", "quantize_outputs", is_flag=True,
+              help="Also quantize each layer's output (after a Relu/Clip it feeds): the DQ -> op -> Q form "
+                   "ONNX Runtime fuses into QLinearConv and the TFLite export writes as int8 ops. Faster there, "
+                   "slower on OpenVINO, and one more rounding per layer.")
 @click.option("--eval", "eval_script", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="A Python file of yours defining evaluate(session) -> float (higher is better); with it, "
                    "static quantization is accuracy-aware. The file is run: pass only your own code.")
@@ -499,7 +503,8 @@ def _print_profile(report: dict, top: int) -> None:
 @click.option("--report-backends", default="ort,openvino,litert", show_default=True,
               help="Backends the report times, comma-separated.")
 def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, activations, calib_batch, exclude,
-             equalize, smooth, no_smooth, bias_correction, eval_script, max_drop, report_path, report_backends) -> None:
+             equalize, smooth, no_smooth, bias_correction, quantize_outputs, eval_script, max_drop, report_path,
+             report_backends) -> None:
     """Quantize SRC into DST (.onnx, .eim or .tflite by suffix).
 
     Static int8 writes explicit QDQ: per-channel int8 weights, int32 biases, per-tensor
@@ -529,6 +534,7 @@ def quantize(src: Path, dst: Path, calib, mode, method, weights, block_size, act
         q = run_quantize(graph, feeds, mode=mode, method=method, activations=activations, weights=weights,
                          block_size=block_size, exclude=exclude, equalize=equalize, accuracy=accuracy,
                          smooth=None if no_smooth else smooth, bias_correction=bias_correction,
+                         outputs=quantize_outputs,
                          max_drop=max_drop,
                          progress=lambda stage, done, total: bar(f"{stage} {done}/{total or '?'}",
                                                                  done / total if total else 0.0))

@@ -301,3 +301,19 @@ def test_int16_activations_run_in_onnx_runtimes_and_litert_export_says_why_not(d
         assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max(), backend
     with pytest.raises(EdgeInferError, match="int16"):
         edgeinfer.Session(q, backend="litert").run({"image": x})
+
+
+def test_quantized_outputs_become_integer_kernels_in_onnxruntime_and_litert(digits):
+    from edgeinfer.converters.quantize_report import backend_analysis
+
+    g, calib, x, y = digits
+    q = quantize(g, calib, outputs=True)
+    ops = q.op_histogram()
+    # the two convs' outputs are quantized after their Relu, which the QuantizeLinear applies
+    assert ops["QuantizeLinear"] == 4 and "Relu" not in ops
+    fp32 = _accuracy(g, x, y)
+    for backend in ("cpu", "ort", "openvino", "litert"):
+        assert _accuracy(q, x, y, backend) >= fp32 - 0.005, backend
+    facts = {b: e["facts"] for b, e in backend_analysis(g, q, ("ort", "litert"), timing=False)["backends"].items()}
+    assert facts["ort"]["integer_kernels"].get("QLinearConv") == 2
+    assert facts["litert"]["int8_ops"].get("CONV_2D") == 2
