@@ -140,9 +140,13 @@ def equalize_channels(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *
     pairs = equalization_pairs(graph)
     if not pairs:
         return graph, 0
-    watch = {p.tensor: graph.constants[p.consumer.inputs[1]].ndim for p in pairs}
-    watch.update({p.producer.outputs[0]: graph.constants[p.consumer.inputs[1]].ndim for p in pairs})
-    amax = _channel_amax(graph, watch, feeds, progress)
+    from .quantize_tuning import channel_stats
+
+    # the consumer's input and the producer's own output (different when a ReLU sits between)
+    specs = {t: ("first", graph.constants[p.consumer.inputs[1]].shape[1] * int(p.consumer.attrs.get("group", 1)))
+             for p in pairs for t in (p.tensor, p.producer.outputs[0])}
+    stats = channel_stats(graph, specs, feeds, progress)
+    amax = {t: v["amax"] for t, v in stats.items()}
     g = graph.copy()
     done = 0
     for pair in pairs:
@@ -193,33 +197,6 @@ def equalize_channels(graph: Graph, feeds: Iterable[Mapping[str, np.ndarray]], *
         done += 1
     g.remove_unused()
     return g, done
-
-
-def _channel_amax(graph: Graph, tensors: dict[str, int], feeds, progress) -> dict[str, np.ndarray]:
-    """max |x| per channel (axis 1) of each tensor (name -> rank) over the feeds: one pass, a
-    ReduceMax per tensor."""
-    from edgeinfer.session import Session
-
-    probe = graph.copy()
-    outs = []
-    for t, rank in tensors.items():
-        a, m = probe.unique_name(t + "_abs"), probe.unique_name(t + "_channel_max")
-        axes = probe.unique_name(t + "_axes")
-        probe.constants[axes] = np.array([0, *range(2, rank)], np.int64)
-        probe.nodes += [Node("Abs", (t,), (a,)), Node("ReduceMax", (a, axes), (m,), {"keepdims": 0})]
-        outs.append((t, m))
-    probe.outputs = [ValueInfo(m, "float32", None) for _, m in outs]
-    sess = Session(probe, threads=None)
-    found: dict[str, np.ndarray] = {}
-    total = len(feeds) if hasattr(feeds, "__len__") else None
-    for k, feed in enumerate(feeds, 1):
-        res = sess.run(dict(feed))
-        for t, m in outs:
-            v = np.asarray(res[m], np.float32)
-            found[t] = v if t not in found else np.maximum(found[t], v)
-        if progress is not None:
-            progress(k, total)
-    return found
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -573,7 +573,18 @@ def _user_evaluate(path: Path):
     fn = getattr(module, "evaluate", None)
     if not callable(fn):
         raise CliError(f"--eval '{path}' defines no evaluate(session) -> float function")
-    return fn
+
+    def evaluate(session) -> float:
+        try:
+            value = fn(session)
+        except Exception as e:  # the user's code: name it, don't crash
+            raise CliError(f"--eval '{path}': evaluate(session) failed: {type(e).__name__}: {e}") from None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise CliError(f"--eval '{path}': evaluate(session) returned {type(value).__name__}, "
+                           f"expected a number") from None
+    return evaluate
 
 
 def _quantize_report(graph, q, feeds, src: Path, dst: Path, path: Path, backends: str) -> None:
