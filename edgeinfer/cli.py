@@ -652,6 +652,34 @@ def _calibration_feeds(path: Path, graph, batch: int) -> list[dict]:
     return feeds
 
 
+# ------------------------------------------------------------------------ prune
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), required=True,
+              help="Fraction of the weights set to zero (smallest magnitudes first).")
+@click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
+              help="layer: every pruned layer to --sparsity; global: one magnitude threshold for all.")
+@click.option("--exclude", multiple=True, metavar="NODE", help="A node whose weight stays dense (repeatable).")
+@click.option("--min-elements", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Weights with fewer values are left dense.")
+def prune(src: Path, dst: Path, sparsity, scope, exclude, min_elements) -> None:
+    """Unstructured magnitude pruning of SRC into DST (.eim stores the zeros sparsely)."""
+    import json
+
+    from .converters.prune import prune_magnitude
+
+    if dst.resolve() == src.resolve():
+        raise CliError(f"output '{dst}' is the input file; choose another path")
+    graph = _load(src, check_supported=True)
+    pruned = prune_magnitude(graph, sparsity, scope=scope, exclude=exclude, min_elements=min_elements)
+    with _progress(f"writing {dst.name}"):
+        edgeinfer_save(pruned, dst)
+    info = json.loads(pruned.metadata["edgeinfer.pruning"])
+    click.echo(f"wrote {dst} ({format_bytes(dst.stat().st_size)}) from {src} ({format_bytes(src.stat().st_size)}): "
+               f"{len(info['weights'])} weights pruned to {100 * info['sparsity']:.1f}% zeros ({scope})")
+
+
 # ------------------------------------------------------------------------ bench
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
