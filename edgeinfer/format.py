@@ -59,10 +59,32 @@ blob holds the values, and a reader must reject encodings it does not know:
   length = ceil(prod(shape) * B / 8); the unused high bits of the last byte must be zero,
   so that every array has exactly one encoding (as the zero padding between blobs).
 
-Later encodings ("bitmask-sparse", "csr") register an :class:`_Encoding` with their allowed
-dtypes, extra tensor keys and decoder in ``_ENCODINGS``. A new encoding does not change
-FORMAT_VERSION: a reader that predates it refuses the tensor by name ("unknown encoding"),
-while files without such tensors stay readable by every version-1 reader.
+Two sparse encodings hold tensors that are mostly zero (pruned weights). They take every
+dtype "raw" takes except the sub-byte ones; an element is *zero* when all its bytes are zero,
+so -0.0 and every NaN are stored values and a round trip is bit-exact. n = prod(shape), S =
+itemsize, nnz = number of stored (non-zero) elements; values are little-endian, in C order,
+and a stored value must not be all zero bytes (bool: byte 1), so that every array has exactly
+one encoding of each kind:
+
+* ``"bitmask-sparse"``: ceil(n / 8) mask bytes, bit i (of byte i // 8, bit i % 8, lowest bit
+  first as in "bits-packed") set when element i is stored, the unused high bits of the last
+  byte zero; then the nnz values. nnz is the number of set bits, and
+  length = ceil(n / 8) + nnz * S.
+* ``"coo-sparse"`` (the tensor object has one more key, ``"nnz": uint``, after "crc32"): nnz
+  uint32 flat C-order indices, strictly increasing and < n, then the nnz values;
+  length = nnz * (4 + S). uint32 indices limit it to n <= 2**32 (larger tensors use
+  "bitmask-sparse" or "raw").
+
+The writer stores a tensor of at least 64 elements in whichever of "raw", "bitmask-sparse" and
+"coo-sparse" is smallest (raw unless a sparse one is strictly smaller, bitmask unless coo is
+strictly smaller): a 70%-zero float32 tensor takes 0.33x its raw bytes as a bitmask, a 99%-zero
+one 0.02x as indices. Sparse tensors are decoded into new (read-only) arrays at load; dense
+ones stay zero-copy views of the mapping.
+
+Later encodings register an :class:`_Encoding` with their allowed dtypes, extra tensor keys and
+decoder in ``_ENCODINGS``. A new encoding does not change FORMAT_VERSION: a reader that
+predates it refuses the tensor by name ("unknown encoding"), while files without such tensors
+stay readable by every version-1 reader.
 
 Header numbers are JSON integers only (a fraction, exponent, NaN or Infinity is rejected); keys
 are unique within an object; the writer emits ASCII with \\uXXXX escapes, readers accept UTF-8.
@@ -123,9 +145,10 @@ _FLOAT_HEX = re.compile(r"[0-9a-f]{16}")
 class _Encoding:
     """How a tensor's values sit in its blob: the dtypes it allows, extra table keys, and
 
-    ``check_length(dtype, count, length)``: None, or what is wrong with a blob of ``length``
-    bytes for ``count`` elements (checked before any byte is read);
-    ``decode(reader, path, dtype, shape, count, blob)``: the array, without a copy if it can.
+    ``check_length(dtype, count, length, **extra)``: None, or what is wrong with a blob of
+    ``length`` bytes for ``count`` elements (checked before any byte is read);
+    ``decode(reader, path, dtype, shape, count, blob, **extra)``: the array, without a copy if
+    it can. ``extra`` holds the values of ``extra_keys``, integers in [0, count] (checked).
     """
 
     dtypes: frozenset
@@ -218,10 +241,84 @@ def _decode_strings(r: "_Reader", path: str, dtype: str, shape: tuple, count: in
     return arr
 
 
+SPARSE_MIN_ELEMENTS = 64  # below this the header entry costs more than sparsity can save
+_COO_MAX_ELEMENTS = 2**32  # uint32 indices
+
+
+def _bitmask_length(dtype: str, count: int, length: int) -> str | None:
+    size, mask = _dt.itemsize(dtype), -(-count // 8)
+    rest = length - mask
+    if rest >= 0 and rest % size == 0 and rest // size <= count:
+        return None
+    return f"expected ceil({count} / 8) = {mask} mask bytes plus up to {count} values x {size} bytes"
+
+
+def _coo_length(dtype: str, count: int, length: int, nnz: int) -> str | None:
+    if count > _COO_MAX_ELEMENTS:
+        return f"coo-sparse has uint32 indices, so it holds at most 2**32 elements, not {count}"
+    size = _dt.itemsize(dtype)
+    need = nnz * (4 + size)
+    return None if length == need else f"expected nnz {nnz} x (4 index + {size} value bytes) = {need}"
+
+
+def _scatter(r: "_Reader", path: str, dtype: str, shape: tuple, count: int, where: np.ndarray,
+             values: np.ndarray) -> np.ndarray:
+    """The dense array: zeros, with the value bytes at ``where`` (a bool mask or flat indices).
+
+    Values move as opaque ``V{itemsize}`` items, so -0.0 and NaN payloads survive unchanged.
+    """
+    size = _dt.itemsize(dtype)
+    items = values.reshape(-1, size)
+    stored = items.any(axis=1)
+    if not stored.all():
+        bad = int(np.flatnonzero(~stored)[0])
+        raise r.error(path, f"stored value {bad} is all zero bytes; zeros are left out of sparse tensors")
+    if dtype == "bool" and items.size and int(items.max()) > 1:
+        bad = int(np.flatnonzero(items.reshape(-1) > 1)[0])
+        raise r.error(path, f"stored bool value {bad} is byte {int(items[bad, 0])}, expected 1")
+    out = np.zeros(count, f"V{size}")
+    out[where] = values.view(f"V{size}")
+    arr = out.view(_little_endian(dtype)).reshape(shape)
+    arr.flags.writeable = False
+    return arr
+
+
+def _decode_bitmask(r: "_Reader", path: str, dtype: str, shape: tuple, count: int, blob: np.ndarray) -> np.ndarray:
+    mask_bytes = -(-count // 8)
+    bits = np.unpackbits(blob[:mask_bytes], bitorder="little")
+    if bits[count:].any():
+        raise r.error(path, f"the last mask byte {int(blob[mask_bytes - 1]):#04x} has non-zero padding bits "
+                            f"after element {count - 1}")
+    mask = bits[:count].view(bool)
+    nnz, size = int(np.count_nonzero(mask)), _dt.itemsize(dtype)
+    values = blob[mask_bytes:]
+    if values.size != nnz * size:
+        raise r.error(path, f"the mask has {nnz} bits set, so expected {nnz} values x {size} bytes = {nnz * size} "
+                            f"after it, found {values.size}")
+    return _scatter(r, path, dtype, shape, count, mask, values)
+
+
+def _decode_coo(r: "_Reader", path: str, dtype: str, shape: tuple, count: int, blob: np.ndarray,
+                nnz: int) -> np.ndarray:
+    indices = blob[: 4 * nnz].view("<u4").astype(np.int64)
+    if nnz:
+        step = np.diff(indices)
+        if step.size and int(step.min()) <= 0:
+            k = int(np.flatnonzero(step <= 0)[0]) + 1
+            raise r.error(path, f"index {k} is {int(indices[k])}, not above index {k - 1} ({int(indices[k - 1])}); "
+                                f"indices must be strictly increasing")
+        if int(indices[-1]) >= count:  # increasing, so the last is the largest
+            raise r.error(path, f"index {nnz - 1} is {int(indices[-1])}, out of range for {count} elements")
+    return _scatter(r, path, dtype, shape, count, indices, blob[4 * nnz :])
+
+
+_SPARSE_DTYPES = _dt.DTYPES - {"string"} - frozenset(_dt.PACKED_BITS)
 _ENCODINGS = {
     "raw": _Encoding(_dt.DTYPES - {"string"}, _raw_length, _decode_raw),
     "strings-utf8": _Encoding(frozenset({"string"}), _strings_length, _decode_strings),
     "bits-packed": _Encoding(frozenset(_dt.PACKED_BITS), _packed_length, _decode_packed),
+    "bitmask-sparse": _Encoding(_SPARSE_DTYPES, _bitmask_length, _decode_bitmask),
+    "coo-sparse": _Encoding(_SPARSE_DTYPES, _coo_length, _decode_coo, ("nnz",)),
 }
 _VALUE_TYPES = ["bool", "bytes", "float", "graph", "int", "list", "none", "scalar", "str", "tensor", "tuple"]
 
@@ -454,7 +551,8 @@ class _Reader:
             offset = self.integer(e["offset"], f"{path}.offset")
             length = self.integer(e["length"], f"{path}.length")
             crc = self.integer(e["crc32"], f"{path}.crc32", 0, UINT32_MAX)
-            problem = encoding.check_length(dtype, count, length)
+            extra = {k: self.integer(e[k], f"{path}.{k}", 0, count) for k in encoding.extra_keys}
+            problem = encoding.check_length(dtype, count, length, **extra)
             if problem:
                 raise self.error(f"{path}.length", f"{problem} for shape {list(shape)}, found {length}")
             if offset % ALIGNMENT:
@@ -467,18 +565,18 @@ class _Reader:
                 raise self.error(path, f"bytes [{offset}, {pos}) run past the {data_size}-byte data section")
             if self.data[data_start + offset + length : data_start + pos].any():
                 raise self.error(path, f"padding bytes {offset + length}..{pos} are not all zero")
-            placed.append((path, name, dtype, shape, count, encoding, data_start + offset, length, crc))
+            placed.append((path, name, dtype, shape, count, encoding, data_start + offset, length, crc, extra))
         if pos != data_size:
             raise self.error("header.tensors", f"the tensors account for {pos} of the {data_size} data bytes: "
                              f"{data_size - pos} trailing bytes")
-        for path, name, dtype, shape, count, encoding, begin, length, crc in placed:
+        for path, name, dtype, shape, count, encoding, begin, length, crc, extra in placed:
             blob = self.data[begin : begin + length]
             found = zlib.crc32(blob)
             if found != crc:
                 raise self.error(path, f"tensor {_quote(name)}: checksum mismatch: the header says crc32 "
                                  f"{crc:#010x}, the blob has {found:#010x}")
             try:
-                self.arrays.append(encoding.decode(self, path, dtype, shape, count, blob))
+                self.arrays.append(encoding.decode(self, path, dtype, shape, count, blob, **extra))
             except ValueError as e:  # numpy refusing a shape the checks above let through
                 raise self.error(path, f"tensor {_quote(name)} cannot be built: {e}") from None
             self.names.append(name)
@@ -628,8 +726,29 @@ def loads_eim(buffer: bytes | bytearray | memoryview, source: str = "<bytes>") -
 
 
 # ------------------------------------------------------------------------------- writing
-def _encode_array(arr: np.ndarray, where: str) -> tuple[str, str, np.ndarray]:
-    """(encoding, IR dtype, uint8 blob) of an array, little-endian C order."""
+def _sparse_or_raw(dtype: str, flat: np.ndarray) -> tuple[str, np.ndarray, dict]:
+    """The smallest of "raw", "bitmask-sparse" and "coo-sparse" for little-endian bytes ``flat``."""
+    size = _dt.itemsize(dtype)
+    count = flat.size // size
+    if count < SPARSE_MIN_ELEMENTS:
+        return "raw", flat, {}
+    items = flat.view(f"V{size}")
+    # all bytes zero is "zero": -0.0 and NaN are kept, and the round trip is bit-exact
+    stored = flat.view(f"<u{size}") != 0 if size in (1, 2, 4, 8) else flat.reshape(count, size).any(axis=1)
+    nnz = int(np.count_nonzero(stored))
+    raw, bitmask = count * size, -(-count // 8) + nnz * size
+    coo = nnz * (4 + size) if count <= _COO_MAX_ELEMENTS else raw
+    if min(bitmask, coo) >= raw:
+        return "raw", flat, {}
+    values = items[stored].view(np.uint8)
+    if coo < bitmask:
+        indices = np.flatnonzero(stored).astype("<u4").view(np.uint8)
+        return "coo-sparse", np.concatenate([indices, values]), {"nnz": nnz}
+    return "bitmask-sparse", np.concatenate([np.packbits(stored, bitorder="little"), values]), {}
+
+
+def _encode_array(arr: np.ndarray, where: str) -> tuple[str, str, np.ndarray, dict]:
+    """(encoding, IR dtype, uint8 blob, extra tensor keys) of an array, little-endian C order."""
     try:
         dtype = _dt.from_numpy(arr.dtype)
     except GraphError as e:
@@ -645,8 +764,9 @@ def _encode_array(arr: np.ndarray, where: str) -> tuple[str, str, np.ndarray]:
             if flat.size and int(flat.max()) >= 1 << bits:  # stray high bits (a view of other bytes):
                 # let ml_dtypes say which value each byte is, then store that value's code
                 flat = np.ascontiguousarray(arr).astype(np.float32).astype(arr.dtype).reshape(-1).view(np.uint8)
-            return "bits-packed", dtype, _pack_bits(flat, bits)
-        return "raw", dtype, flat
+            return "bits-packed", dtype, _pack_bits(flat, bits), {}
+        encoding, blob, extra = _sparse_or_raw(dtype, flat)
+        return encoding, dtype, blob, extra
     parts = []
     for i, s in enumerate(arr.ravel().tolist()):
         if not isinstance(s, str):
@@ -658,7 +778,7 @@ def _encode_array(arr: np.ndarray, where: str) -> tuple[str, str, np.ndarray]:
         if len(parts[-1]) > UINT32_MAX:
             raise ExportError(f"cannot save {where}: string element {i} is longer than 4 GiB")
     lengths = np.array([len(p) for p in parts], dtype="<u4").tobytes()
-    return "strings-utf8", dtype, np.frombuffer(lengths + b"".join(parts), np.uint8)
+    return "strings-utf8", dtype, np.frombuffer(lengths + b"".join(parts), np.uint8), {}
 
 
 def _text(v: Any, where: str) -> str:
@@ -682,10 +802,10 @@ class _Writer:
         self.pos = 0
 
     def tensor(self, arr: np.ndarray, label: str, where: str) -> int:
-        encoding, dtype, blob = _encode_array(arr, where)
+        encoding, dtype, blob, extra = _encode_array(arr, where)
         self.entries.append({
             "name": label, "dtype": dtype, "shape": [int(d) for d in arr.shape], "encoding": encoding,
-            "offset": self.pos, "length": blob.size, "crc32": zlib.crc32(blob),
+            "offset": self.pos, "length": blob.size, "crc32": zlib.crc32(blob), **extra,
         })
         self.blobs.append(blob)
         self.pos += blob.size + (-blob.size % ALIGNMENT)

@@ -875,3 +875,207 @@ def test_int4_ppocr_rec_eim_is_smaller_than_int8_and_runs_identically(ppocr_rec_
     assert list(ref) == list(got)
     for k in ref:
         assert ref[k].dtype == got[k].dtype and ref[k].tobytes() == got[k].tobytes(), k
+
+
+# ------------------------------------------ sparse tensors: "bitmask-sparse" and "coo-sparse"
+SPARSE_DTYPES = ["float32", "float16", "float64", "int8", "uint8", "int32", "int64", "uint16", "bool",
+                 "complex64", "complex128", "bfloat16", "float8e4m3fn"]
+
+
+def sparse_array(dtype, shape, sparsity, seed=0):
+    """Random values of ``dtype`` with ``sparsity`` of them zero (all bytes zero); for floats
+    some kept values are -0.0 and NaN with a payload, which must survive bit for bit."""
+    from edgeinfer import dtypes
+
+    if dtype in ("bfloat16", "float8e4m3fn"):
+        pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(seed)
+    n = math.prod(shape)
+    np_dtype = dtypes.to_numpy(dtype)
+    if dtype == "bool":
+        arr = np.ones(n, bool)
+    else:
+        size = np_dtype.itemsize
+        raw = rng.integers(1, 256, (n, size), dtype=np.uint8)  # every byte non-zero: never zero
+        arr = raw.reshape(-1).view(np_dtype).copy()
+        if dtype in ("float32", "float16", "float64") and n >= 4:
+            arr[1] = -0.0
+            arr[2] = np.frombuffer({"float32": b"\x01\x00\xc0\x7f", "float16": b"\x01\x7e",
+                                    "float64": b"\x01\0\0\0\0\0\xf8\x7f"}[dtype], np_dtype)[0]
+    zero = rng.permutation(n)[: round(n * sparsity)]
+    arr.view(np.uint8).reshape(n, np_dtype.itemsize)[zero] = 0
+    return arr.reshape(shape)
+
+
+def encodings_of(data):
+    return [(t["encoding"], t.get("nnz")) for t in split(data)[0]["tensors"]]
+
+
+@pytest.mark.parametrize("dtype", SPARSE_DTYPES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.7, 0.99, 1.0])
+def test_sparse_round_trip_is_bit_exact(dtype, sparsity, tmp_path):
+    shapes = [(), (7,), (300,), (10, 30), (4, 5, 6), (2, 3, 4, 5), (3, 0, 70), (64,), (65,)]
+    arrays = {f"w{i}": sparse_array(dtype, s, sparsity, seed=i) for i, s in enumerate(shapes)}
+    g = packed_graph(arrays)
+    save_eim(g, tmp_path / "m.eim")
+    for use_mmap in (True, False):
+        back = load_eim(tmp_path / "m.eim", mmap=use_mmap).constants
+        for k, arr in arrays.items():
+            assert (back[k].dtype, back[k].shape) == (arr.dtype, arr.shape), k
+            assert back[k].tobytes() == arr.tobytes() and not back[k].flags.writeable, k
+    used = {e for e, _ in encodings_of((tmp_path / "m.eim").read_bytes())}
+    if sparsity >= 0.5 and dtype != "bool" or sparsity >= 0.9:
+        assert used & {"bitmask-sparse", "coo-sparse"}, used
+    if sparsity == 0.0:
+        assert used <= {"raw"}, used
+
+
+def test_writer_picks_the_smallest_encoding():
+    n = 10_000
+    arrays = {"dense": sparse_array("float32", (n,), 0.0), "half": sparse_array("float32", (n,), 0.5),
+              "p70": sparse_array("float32", (100, 100), 0.7), "p99": sparse_array("float32", (n,), 0.99),
+              "empty": np.zeros((50, 200), np.float32), "small": np.zeros(63, np.float32),
+              "i8_p70": sparse_array("int8", (n,), 0.7), "i8_p95": sparse_array("int8", (n,), 0.95)}
+    data = dumps_eim(packed_graph(arrays))
+    got = dict(zip(arrays, encodings_of(data)))
+    assert got["dense"] == ("raw", None) and got["small"] == ("raw", None)  # < 64 elements: always raw
+    assert got["half"] == ("bitmask-sparse", None) and got["p70"] == ("bitmask-sparse", None)
+    assert got["p99"] == ("coo-sparse", 100) and got["empty"] == ("coo-sparse", 0)
+    # int8 70%: bitmask 1250 + 3000 < raw 10000 < coo 15000; 95%: bitmask 1250 + 500 < coo 2500
+    assert got["i8_p70"] == ("bitmask-sparse", None) and got["i8_p95"] == ("bitmask-sparse", None)
+    entries = {t["name"]: t for t in split(data)[0]["tensors"]}
+    assert entries["p70"]["length"] == 10_000 // 8 + 3000 * 4
+    assert entries["p99"]["length"] == 100 * (4 + 4) and entries["empty"]["length"] == 0
+    assert list(entries["p99"]) == list(fmt._TENSOR_KEYS) + ["nnz"]
+    back = loads_eim(data).constants
+    for k, arr in arrays.items():
+        assert back[k].tobytes() == arr.tobytes(), k
+
+
+def test_bitmask_bytes_by_hand():
+    arr = np.zeros(70, np.float32)
+    arr[[0, 3, 9, 69]] = [1.0, -0.0, 2.0, 3.0]
+    arr[10:40] = 5.0  # 34 stored: bitmask 9 + 136 = 145 bytes < coo 34 x 8 = 272 < raw 280
+    header, blobs = split(dumps_eim(packed_graph({"w": arr})))
+    entry = header["tensors"][0]
+    assert entry["encoding"] == "bitmask-sparse" and entry["length"] == 9 + 34 * 4
+    mask = blobs[:9]
+    assert mask[0] == 0b00001001 and mask[1] == 0b11111110 and mask[8] == 0b00100000
+    assert blobs[9:21] == np.array([1.0, -0.0, 2.0], "<f4").tobytes()
+
+
+def test_a_70_percent_sparse_million_float32_file_shrinks(tmp_path, monkeypatch):
+    arr = sparse_array("float32", (1000, 1000), 0.7)
+    save_eim(packed_graph({"w": arr}), tmp_path / "sparse.eim")
+    with monkeypatch.context() as m:  # the file as writers before the sparse encodings made it
+        m.setattr(fmt, "SPARSE_MIN_ELEMENTS", 2**62)
+        save_eim(packed_graph({"w": arr}), tmp_path / "dense.eim")
+    assert encodings_of((tmp_path / "dense.eim").read_bytes()) == [("raw", None)]
+    assert encodings_of((tmp_path / "sparse.eim").read_bytes()) == [("bitmask-sparse", None)]
+    size, dense = (tmp_path / "sparse.eim").stat().st_size, (tmp_path / "dense.eim").stat().st_size
+    assert dense >= 4_000_000
+    assert size <= 0.45 * dense, (size, dense)
+    assert load_eim(tmp_path / "sparse.eim").constants["w"].tobytes() == arr.tobytes()
+
+
+def sparse_file(sparsity):
+    """A file with a float32 tensor (tensor 0, raw) and a 100-element float32 sparse tensor 1."""
+    arr = sparse_array("float32", (100,), sparsity, seed=3)
+    data = dumps_eim(packed_graph({"f": np.arange(3, dtype=np.float32), "w": arr}))
+    assert encodings_of(data)[1][0] == ("coo-sparse" if sparsity > 0.8 else "bitmask-sparse")
+    return data
+
+
+def blob_of(data, index):
+    header, blobs = split(data)
+    entry = header["tensors"][index]
+    return header, blobs, bytearray(blobs[entry["offset"] : entry["offset"] + entry["length"]])
+
+
+def test_bitmask_hostile_blobs_are_rejected():
+    header, blobs, blob = blob_of(sparse_file(0.7), 1)
+    assert len(blob) == 13 + 30 * 4
+    rejects(rewrite(sparse_file(0.7), set_path(("tensors", 1, "length"), 12)),
+            r"header.tensors\[1\].length: expected ceil\(100 / 8\) = 13 mask bytes plus up to 100 values x 4 bytes")
+    rejects(reseal_blob(header, blobs, 1, bytes(blob[:-4])), r"tensors\[1\]: the mask has 30 bits set, "
+            r"so expected 30 values x 4 bytes = 120 after it, found 116")
+    rejects(reseal_blob(header, blobs, 1, bytes(blob[:-1])), r"tensors\[1\].length: expected ceil")
+    bad = bytearray(blob)
+    bad[12] |= 0x80  # element 103 does not exist: a padding bit
+    rejects(reseal_blob(header, blobs, 1, bytes(bad)), r"tensors\[1\]: the last mask byte 0x.. has non-zero "
+            r"padding bits after element 99")
+    bad = bytearray(blob)
+    bad[0] ^= 1  # one set bit more than there are values, or one fewer
+    rejects(reseal_blob(header, blobs, 1, bytes(bad)), r"tensors\[1\]: the mask has (29|31) bits set")
+    bad = bytearray(blob)
+    bad[13:17] = bytes(4)  # a stored zero: two encodings for one array
+    rejects(reseal_blob(header, blobs, 1, bytes(bad)), r"tensors\[1\]: stored value 0 is all zero bytes")
+    rejects(rewrite(sparse_file(0.7), set_path(("tensors", 1, "nnz"), 30)), r"tensors\[1\]: expected keys "
+            r".*unknown \['nnz'\]")
+
+
+def test_coo_hostile_blobs_are_rejected():
+    data = sparse_file(0.99)
+    header, blobs, blob = blob_of(data, 1)
+    assert header["tensors"][1]["nnz"] == 1 and len(blob) == 8
+    data = dumps_eim(packed_graph({"f": np.arange(3, dtype=np.float32),
+                                   "w": sparse_array("float32", (200,), 0.98, seed=3)}))
+    header, blobs, blob = blob_of(data, 1)
+    assert header["tensors"][1]["nnz"] == 4 and len(blob) == 32
+    idx = np.frombuffer(bytes(blob[:16]), "<u4").tolist()
+
+    def with_indices(values):
+        b = bytearray(blob)
+        b[:16] = np.array(values, "<u4").tobytes()
+        return reseal_blob(*split(data), 1, bytes(b))
+
+    rejects(with_indices([idx[1], idx[0], idx[2], idx[3]]), r"header.tensors\[1\]: index 1 is \d+, not above "
+            r"index 0 \(\d+\); indices must be strictly increasing")
+    rejects(with_indices([idx[0], idx[0], idx[2], idx[3]]), r"tensors\[1\]: index 1 .* strictly increasing")
+    rejects(with_indices(idx[:3] + [200]), r"tensors\[1\]: index 3 is 200, out of range for 200 elements")
+    rejects(with_indices(idx[:3] + [2**32 - 1]), r"tensors\[1\]: index 3 is 4294967295, out of range")
+    rejects(rewrite(data, set_path(("tensors", 1, "nnz"), 3)),
+            r"tensors\[1\].length: expected nnz 3 x \(4 index \+ 4 value bytes\) = 24 for shape \[200\], found 32")
+    rejects(rewrite(data, set_path(("tensors", 1, "nnz"), 201)), r"tensors\[1\].nnz: expected an integer in \[0, 200\]")
+    rejects(rewrite(data, set_path(("tensors", 1, "nnz"), -1)), r"tensors\[1\].nnz: expected an integer")
+    rejects(rewrite(data, set_path(("tensors", 1, "nnz"), 4.0)), r"tensors\[1\].nnz: expected an integer")
+    rejects(rewrite(data, lambda h: h["tensors"][1].pop("nnz")), r"tensors\[1\]: expected keys .*missing \['nnz'\]")
+    rejects(reseal_blob(*split(data), 1, bytes(blob[:24])), r"tensors\[1\].length: expected nnz 4 .* found 24")
+    b = bytearray(blob)
+    b[16:20] = bytes(4)
+    rejects(reseal_blob(*split(data), 1, bytes(b)), r"tensors\[1\]: stored value 0 is all zero bytes")
+    rejects(data[:-64], "run past")
+
+
+def test_sparse_encodings_refuse_other_dtypes_and_bad_bools():
+    pytest.importorskip("ml_dtypes")
+    for dtype in ("int4", "uint2", "string"):
+        rejects(rewrite(sparse_file(0.7), lambda h: h["tensors"][1].update(dtype=dtype)),
+                rf"tensors\[1\].dtype: dtype \"{dtype}\" cannot use encoding \"bitmask-sparse\"")
+        rejects(rewrite(sparse_file(0.99), lambda h: h["tensors"][1].update(dtype=dtype)),
+                rf"tensors\[1\].dtype: dtype \"{dtype}\" cannot use encoding \"coo-sparse\"")
+    arr = np.zeros(100, bool)
+    arr[[5, 50]] = True
+    data = dumps_eim(packed_graph({"b": arr}))
+    header, blobs, blob = blob_of(data, 0)
+    assert encodings_of(data) == [("coo-sparse", 2)] and blob[8:] == b"\x01\x01"
+    blob[9] = 2
+    rejects(reseal_blob(header, blobs, 0, bytes(blob)), r"tensors\[0\]: stored bool value 1 is byte 2, expected 1")
+
+
+def test_fuzz_sparse_file_only_raises_model_format_errors():
+    rng = random.Random(78)
+    seed = dumps_eim(packed_graph({"a": sparse_array("float32", (10, 10), 0.7), "b": sparse_array("int16", (200,), 0.99),
+                                   "c": sparse_array("float64", (70,), 0.6)}))
+    assert [e for e, _ in encodings_of(seed)] == ["bitmask-sparse", "coo-sparse", "bitmask-sparse"]
+    for _ in range(200):
+        header, blobs = split(seed)
+        k = rng.randrange(len(header["tensors"]))
+        entry = header["tensors"][k]
+        blob = bytearray(blobs[entry["offset"] : entry["offset"] + entry["length"]])
+        blob[rng.randrange(len(blob))] = rng.randrange(256)
+        try:
+            loaded = loads_eim(reseal_blob(header, blobs, k, bytes(blob)))
+        except ModelFormatError:
+            continue
+        dumps_eim(loaded)

@@ -95,3 +95,20 @@ def test_cli_prune(tmp_path):
     assert "60.0% zeros" in res.output
     res = CliRunner().invoke(cli, ["prune", src, str(tmp_path / "p.eim"), "--sparsity", "1.5"])
     assert res.exit_code != 0
+
+
+def test_ppocr_rec_at_70_percent_stores_in_under_45_percent_of_the_dense_eim(tmp_path):
+    from models import model_path
+
+    g = edgeinfer.load(model_path("ppocr_rec"))
+    p = prune_magnitude(g, 0.7)
+    assert json.loads(p.metadata["edgeinfer.pruning"])["sparsity"] == pytest.approx(0.7, abs=0.005)
+    edgeinfer.save(g, tmp_path / "dense.eim")
+    edgeinfer.save(p, tmp_path / "sparse.eim")
+    ratio = (tmp_path / "sparse.eim").stat().st_size / (tmp_path / "dense.eim").stat().st_size
+    assert ratio <= 0.45, ratio  # measured 0.349 (bitmask encoding)
+    back = edgeinfer.load(tmp_path / "sparse.eim")
+    assert all(np.array_equal(back.constants[k], v) for k, v in p.constants.items())
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 48, 320)).astype(np.float32)
+    np.testing.assert_array_equal(edgeinfer.Session(back).run({"x": x})[back.outputs[0].name],
+                                  edgeinfer.Session(p).run({"x": x})[p.outputs[0].name])
