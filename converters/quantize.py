@@ -720,9 +720,11 @@ MODES = ("static", "dynamic", "weight_only", "fp16", "bf16")
 
 
 def graph_layers(q: Graph, excluded: set[str], reasons: Mapping[str, str] | None = None,
-                 sensitivity: Mapping[str, float] | None = None) -> list[dict]:
+                 sensitivity: Mapping[str, float] | None = None, float_reason: str | None = None) -> list[dict]:
     """Per Conv/Gemm/MatMul/Einsum of a quantized graph: its precision as the graph says (an
-    input read through DequantizeLinear or an integer op) and why a float one is float."""
+    input read through DequantizeLinear or an integer op) and why a float one is float
+    (``float_reason`` replaces the default reason for Conv/Gemm/MatMul, e.g. for QDQ models
+    that edgeinfer did not make)."""
     prod = q.producers()
     quant_ops = {"DequantizeLinear", "DynamicQuantizeLinear"}
     layers = []
@@ -744,8 +746,8 @@ def graph_layers(q: Graph, excluded: set[str], reasons: Mapping[str, str] | None
         reason = None
         if precision == "float":
             reason = (reasons or {}).get(n.name) or ("excluded by the user" if n.name in excluded else
-                                                     "no calibration range (input not observed)" if n.op_type in _TARGETS
-                                                     else "not a quantized op type")
+                                                     (float_reason or "no calibration range (input not observed)")
+                                                     if n.op_type in _TARGETS else "not a quantized op type")
         layers.append({"node": n.name, "op_type": n.op_type, "precision": precision, "reason": reason,
                        "sensitivity": None if sensitivity is None else sensitivity.get(n.name)})
     return layers

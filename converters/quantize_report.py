@@ -78,7 +78,8 @@ _INT8_FLAGS = (("amx_int8", "AMX-INT8 (int8 tile matrix multiply)"),
 def quantization_info(graph: Graph) -> dict:
     """What was quantized and why: ``graph.metadata["edgeinfer.quantization"]`` as written by
     :func:`converters.quantize.quantize`, or, for a QDQ model from elsewhere, derived from the
-    graph (a Conv/Gemm/MatMul whose first input comes from DequantizeLinear is int8).
+    graph by :func:`converters.quantize.graph_layers` (a layer whose inputs come from
+    DequantizeLinear, or an integer op, is quantized).
 
     Returns:
         ``{"source": "metadata" | "graph", "mode", "method", "activations", "weights",
@@ -100,17 +101,13 @@ def quantization_info(graph: Graph) -> dict:
                            "reason": r.get("reason"), "sensitivity": r.get("sensitivity")}
                           for r in info.get("layers") or () if isinstance(r, dict)]
         return info
-    producers = graph.producers()
-    layers = []
-    for n in graph.nodes:
-        if n.domain or n.op_type not in _TARGETS:
-            continue
-        src = producers.get(n.inputs[0]) if n.inputs else None
-        int8 = src is not None and src.op_type == "DequantizeLinear"
-        layers.append({"node": _node_id(n), "op_type": n.op_type, "precision": "int8" if int8 else "float",
-                       "reason": None if int8 else "no QuantizeLinear/DequantizeLinear on its input",
-                       "sensitivity": None})
-    return {"source": "graph", "mode": "static" if any(r["precision"] == "int8" for r in layers) else None,
+    from .quantize import graph_layers
+
+    layers = graph_layers(graph, set(), float_reason="no QuantizeLinear/DequantizeLinear on its input")
+    ops = graph.op_histogram()
+    mode = ("dynamic" if "DynamicQuantizeLinear" in ops else "static" if "QuantizeLinear" in ops else
+            "weight_only" if any(r["precision"] != "float" for r in layers) else None)
+    return {"source": "graph", "mode": mode,
             "method": None, "activations": None, "weights": None, "layers": layers}
 
 
