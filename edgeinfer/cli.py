@@ -656,28 +656,74 @@ def _calibration_feeds(path: Path, graph, batch: int) -> list[dict]:
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path, dir_okay=False))
 @click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), required=True,
-              help="Fraction of the weights set to zero (smallest magnitudes first).")
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Unstructured: fraction of the weights set to zero (smallest magnitudes first).")
+@click.option("--channels", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Structured: fraction of the channels of every prunable group removed (layers shrink).")
+@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Structured: remove at least this fraction of the MACs (searches the channel fraction).")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn", "activation"]), default="l2", show_default=True,
+              help="Structured: how channels are ranked (activation needs --calib).")
+@click.option("--calib", "calib", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Structured: an .npz (or a folder of them) of inputs by name, for --criterion activation.")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Structured: kept channel counts are rounded up to a multiple of this.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=1x3x224x224",
+              help="Structured: input shape for shape inference and MAC counting (default: --calib's, else declared).")
 @click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True,
-              help="layer: every pruned layer to --sparsity; global: one magnitude threshold for all.")
-@click.option("--exclude", multiple=True, metavar="NODE", help="A node whose weight stays dense (repeatable).")
+              help="Unstructured: layer: every pruned layer to --sparsity; global: one magnitude threshold for all.")
+@click.option("--exclude", multiple=True, metavar="NODE",
+              help="A node whose weight stays dense / whose output channels all stay (repeatable).")
 @click.option("--min-elements", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Weights with fewer values are left dense.")
-def prune(src: Path, dst: Path, sparsity, scope, exclude, min_elements) -> None:
-    """Unstructured magnitude pruning of SRC into DST (.eim stores the zeros sparsely)."""
+              help="Unstructured: weights with fewer values are left dense.")
+def prune(src: Path, dst: Path, sparsity, channels, target_macs, criterion, calib, round_to, shapes, scope, exclude,
+          min_elements) -> None:
+    """Prune SRC into DST: unstructured (--sparsity; .eim stores the zeros sparsely) or
+    structured (--channels / --target-macs; whole channels leave every coupled layer)."""
     import json
-
-    from .converters.prune import prune_magnitude
 
     if dst.resolve() == src.resolve():
         raise CliError(f"output '{dst}' is the input file; choose another path")
+    structured = channels is not None or target_macs is not None
+    if (sparsity is None) == (not structured) or (channels is not None and target_macs is not None):
+        raise CliError("give exactly one of --sparsity, --channels or --target-macs")
     graph = _load(src, check_supported=True)
-    pruned = prune_magnitude(graph, sparsity, scope=scope, exclude=exclude, min_elements=min_elements)
+    if not structured:
+        from .converters.prune import prune_magnitude
+
+        pruned = prune_magnitude(graph, sparsity, scope=scope, exclude=exclude, min_elements=min_elements)
+        with _progress(f"writing {dst.name}"):
+            edgeinfer_save(pruned, dst)
+        info = json.loads(pruned.metadata["edgeinfer.pruning"])
+        click.echo(f"wrote {dst} ({format_bytes(dst.stat().st_size)}) from {src} ({format_bytes(src.stat().st_size)}): "
+                   f"{len(info['weights'])} weights pruned to {100 * info['sparsity']:.1f}% zeros ({scope})")
+        return
+    from .converters.prune_channels import prune_channels
+
+    feeds = _calibration_feeds(calib, graph, 1) if calib else []
+    if criterion == "activation" and not feeds:
+        raise CliError("--criterion activation needs --calib")
+    shape_of = {name: _parse_shape(s, name) for name, s in _parse_pairs(shapes, "--shape").items()}
+    inputs = {v.name: v for v in graph.required_inputs()}
+    for name, shape in shape_of.items():
+        if name not in inputs:
+            raise CliError(f"--shape: the model has no input named {name!r}; its inputs are: "
+                           f"{', '.join(str(v) for v in inputs.values())}")
+        _check_rank(name, shape, inputs[name].shape)
+    with _progress("pruning channels", after=0.5):
+        pruned = prune_channels(graph, channels, criterion=criterion, target_macs=target_macs, calibration=feeds,
+                                exclude=exclude, round_to=round_to, input_shapes=shape_of or None)
     with _progress(f"writing {dst.name}"):
         edgeinfer_save(pruned, dst)
     info = json.loads(pruned.metadata["edgeinfer.pruning"])
+    kept = sum(g["kept"] for g in info["groups"])
+    total = sum(g["channels"] for g in info["groups"])
     click.echo(f"wrote {dst} ({format_bytes(dst.stat().st_size)}) from {src} ({format_bytes(src.stat().st_size)}): "
-               f"{len(info['weights'])} weights pruned to {100 * info['sparsity']:.1f}% zeros ({scope})")
+               f"{len(info['groups'])} channel groups, {total - kept} of {total} channels removed "
+               f"(ratio {info['ratio']:.3f}, {criterion}); MACs {format_count(info['macs_before'])} -> "
+               f"{format_count(info['macs_after'])} (-{1 - info['macs_after'] / max(info['macs_before'], 1):.1%}); "
+               f"params {format_count(info['params_before'])} -> {format_count(info['params_after'])}"
+               + (f"; {info['blocked']} group(s) kept whole" if info["blocked"] else ""))
 
 
 # ------------------------------------------------------------------------ bench
