@@ -726,6 +726,85 @@ def prune(src: Path, dst: Path, sparsity, channels, target_macs, criterion, cali
                + (f"; {info['blocked']} group(s) kept whole" if info["blocked"] else ""))
 
 
+# ------------------------------------------------------------------------ distill
+@cli.command()
+@click.argument("teacher", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("student", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data", "data", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
+              help="An .npz of unlabeled inputs, stacked along axis 0, named as the model's inputs.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Softens both distributions of the KL loss on class outputs.")
+@click.option("--output-loss", type=click.Choice(["auto", "kl", "mse"]), default="auto", show_default=True)
+@click.option("--feature-weight", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Weight of the intermediate-feature loss (tensors whose shapes match in both models).")
+@click.option("--no-features", is_flag=True, help="Match outputs only.")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Written after every epoch; a later run with the same settings resumes from it.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads.")
+def distill(teacher: Path, student: Path, dst: Path, data: Path, epochs, batch_size, lr, temperature, output_loss,
+            feature_weight, no_features, checkpoint, seed, threads) -> None:
+    """Train STUDENT (e.g. a pruned TEACHER) to reproduce TEACHER on unlabeled --data; write DST.
+
+    Needs the train extra: pip install 'edgeinfer[train]' (torch, CPU).
+    """
+    from .converters.distill import distill_files
+
+    if dst.resolve() in (teacher.resolve(), student.resolve()):
+        raise CliError(f"output '{dst}' is one of the input files; choose another path")
+    result = distill_files(teacher, student, data, dst, epochs=epochs, batch_size=batch_size, lr=lr,
+                           temperature=temperature, output_loss=output_loss, feature_weight=feature_weight,
+                           features=[] if no_features else None, checkpoint=checkpoint, seed=seed, threads=threads)
+    m = result.metrics
+    before, after = m.get("before") or {}, m.get("after") or {}
+    agree = (f"; validation agreement {before.get('agreement', float('nan')):.4f} -> {after.get('agreement', float('nan')):.4f}"
+             if after.get("agreement") is not None else "")
+    click.echo(f"wrote {dst}: {epochs} epochs, best epoch {m.get('best_epoch')}{agree}")
+
+
+# ------------------------------------------------------------------------ compress
+@cli.command()
+@click.argument("src", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("dst", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--recipe", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
+              help="A .yaml or .json recipe: steps of prune / distill / quantize, in order.")
+@click.option("--data", "data", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True,
+              help="An .npz of unlabeled inputs (stacked along axis 0): training, calibration, held-out scoring.")
+@click.option("--eval", "eval_script", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+              help="A Python file of yours defining evaluate(session) -> float, reported per stage. It is run.")
+@click.option("--report", "report_prefix", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write PREFIX.json, PREFIX.md and PREFIX.png (default: beside DST).")
+@click.option("--backends", default="cpu,ort", show_default=True,
+              help="Backends whose latency is measured per stage, comma-separated ('' for none).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--min-seconds", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Timed seconds per stage and backend.")
+def compress(src: Path, dst: Path, recipe: Path, data: Path, eval_script, report_prefix, backends, threads,
+             min_seconds) -> None:
+    """Run a compression RECIPE on SRC, write DST and a report of every stage (size, params,
+    MACs, latency per backend measured and predicted, accuracy)."""
+    from .converters.compress import compress as run_compress
+    from .converters.compress import markdown_table, write_report
+
+    if dst.resolve() == src.resolve():
+        raise CliError(f"output '{dst}' is the input file; choose another path")
+    graph = _load(src, check_supported=True)
+    evaluate = _user_evaluate(eval_script) if eval_script is not None else None
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    out, report = run_compress(graph, recipe, data, evaluate=evaluate, backends=names, threads=threads,
+                               min_seconds=min_seconds)
+    with _progress(f"writing {dst.name}"):
+        edgeinfer_save(out, dst)
+    report["source"], report["output"] = str(src), str(dst)
+    paths = write_report(report, report_prefix or dst.with_name(dst.stem + "_compress"))
+    click.echo(markdown_table(report), nl=False)
+    click.echo(f"wrote {dst} and {', '.join(p.name for p in paths)}")
+
+
 # ------------------------------------------------------------------------ bench
 @cli.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
