@@ -55,6 +55,8 @@ from edgeinfer.errors import InputError
 from edgeinfer.graph import Graph, Node
 
 CRITERIA = ("l1", "l2", "bn", "activation")
+ALLOCATIONS = ("auto", "uniform", "sensitivity")
+LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)  # ratios tried per group by the sensitivity scan
 
 # ops whose output has the input's channels, one for one (first input, first output)
 _PASS = {
@@ -867,9 +869,95 @@ def _macs(graph: Graph, input_shapes) -> int:
     return int(count_macs(graph, dict(input_shapes) if input_shapes else None)["total_macs"])
 
 
+def _output_error(sess, feeds, refs) -> float:
+    """Mean |y - y_ref| / mean |y_ref| over the outputs and feeds."""
+    num = den = 0.0
+    for feed, ref in zip(feeds, refs):
+        got = sess.run(dict(feed))
+        for k, r in ref.items():
+            num += float(np.abs(got[k].astype(np.float64) - r).mean())
+            den += float(np.abs(r).mean())
+    return num / max(den, 1e-12)
+
+
+def _sensitivity(an: Analysis, groups: list[Group], kept, feeds, input_shapes, before: int,
+                 progress) -> dict[int, list[tuple[float, float, int]]]:
+    """Per group: (ratio, output error, MACs saved) with that group alone pruned at each of
+    :data:`LEVELS` (distinct kept counts only)."""
+    from edgeinfer.session import Session
+
+    base = Session(an.graph)
+    refs = [{k: np.asarray(v, np.float64) for k, v in base.run(dict(f)).items()} for f in feeds]
+    table: dict[int, list[tuple[float, float, int]]] = {}
+    total = sum(len(LEVELS) for _ in groups)
+    done = 0
+    for gr in groups:
+        rows, seen = [], set()
+        for r in LEVELS:
+            done += 1
+            keep = kept(gr, r)
+            if len(keep) in seen or len(keep) == gr.channels:
+                continue
+            seen.add(len(keep))
+            g = apply_plan(an, {gr.id: keep})
+            rows.append((r, _output_error(Session(g), feeds, refs), before - _macs(g, input_shapes)))
+            if progress is not None:
+                progress(done, total)
+        table[gr.id] = rows
+    return table
+
+
+def _allocate(an: Analysis, groups: list[Group], table, kept, before: int, target_macs: float | None,
+              ratio: float | None, input_shapes) -> tuple[dict[int, np.ndarray], float]:
+    """Greedy: from nothing pruned, repeatedly move the group whose next level costs the least
+    output error per unit saved (MACs for ``target_macs``, channels for ``ratio``) until the
+    target is met. Errors of different groups are taken as additive; the MACs are counted on the
+    plan itself (two coupled groups share the savings of a layer between them)."""
+    level = {gr.id: -1 for gr in groups}
+    by_id = {gr.id: gr for gr in groups}
+    total_ch = sum(gr.channels for gr in groups)
+    saved_macs, saved_ch = 0, 0
+
+    def unit(gid: int, row) -> float:
+        return row[2] if target_macs is not None else by_id[gid].channels - len(kept(by_id[gid], row[0]))
+
+    def plan() -> dict[int, np.ndarray]:
+        return {gid: (kept(by_id[gid], table[gid][level[gid]][0]) if level[gid] >= 0 else np.arange(by_id[gid].channels))
+                for gid in level}
+
+    def met() -> bool:
+        if target_macs is not None:
+            if saved_macs < target_macs * before:  # the additive estimate: a cheap lower bound on steps
+                return False
+            return before - _macs(apply_plan(an, plan()), input_shapes) >= target_macs * before
+        return saved_ch >= float(ratio) * total_ch - 1e-9
+
+    while not met():
+        best = None
+        for gid, rows in table.items():
+            i = level[gid] + 1
+            if i >= len(rows):
+                continue
+            prev = rows[i - 1] if i > 0 else (0.0, 0.0, 0)
+            gain = unit(gid, rows[i]) - (unit(gid, prev) if i > 0 else 0)
+            if gain <= 0:
+                continue
+            cost = max(rows[i][1] - prev[1], 0.0) / gain
+            if best is None or cost < best[0]:
+                best = (cost, gid)
+        if best is None:
+            break
+        gid = best[1]
+        level[gid] += 1
+        saved_macs = sum(table[g][level[g]][2] for g in level if level[g] >= 0)
+        saved_ch = sum(by_id[g].channels - len(kept(by_id[g], table[g][level[g]][0])) for g in level if level[g] >= 0)
+    return plan(), saved_ch / max(total_ch, 1)
+
+
 def prune_channels(graph: Graph, ratio: float | None = 0.3, *, criterion: str = "l2", target_macs: float | None = None,
-                   calibration: Iterable[Mapping[str, np.ndarray]] = (), exclude: Iterable[str] = (),
-                   min_channels: int = 1, round_to: int = 1, input_shapes: Mapping[str, tuple] | None = None,
+                   allocation: str = "auto", calibration: Iterable[Mapping[str, np.ndarray]] = (),
+                   exclude: Iterable[str] = (), min_channels: int = 1, round_to: int = 1,
+                   input_shapes: Mapping[str, tuple] | None = None,
                    progress: Callable[[int, int | None], None] | None = None) -> Graph:
     """``graph`` (not changed) with a fraction of the channels of every prunable group removed.
 
@@ -877,8 +965,14 @@ def prune_channels(graph: Graph, ratio: float | None = 0.3, *, criterion: str = 
         graph: the model.
         ratio: fraction of each group's channels to remove (``floor(n * (1 - ratio))`` stay).
         criterion: ``"l1"``, ``"l2"``, ``"bn"`` or ``"activation"`` (needs ``calibration``).
-        target_macs: instead of ``ratio``, the fraction of the model's MACs to remove: the
-            smallest uniform ratio that removes at least that much is searched.
+        target_macs: instead of ``ratio``, the fraction of the model's MACs to remove.
+        allocation: how much each group loses. ``"uniform"``: every group the same ratio (for
+            ``target_macs``, the smallest ratio that removes enough). ``"sensitivity"``: each
+            group is pruned alone at several ratios on the calibration feeds and the output error
+            measured; then, greedily, the step with the least error per MAC (or per channel, for
+            ``ratio``) saved is taken until the target is met (layers that matter keep their
+            width, wide cheap-to-cut ones give more). ``"auto"``: sensitivity when calibration
+            feeds are given, else uniform.
         calibration: feed dicts for ``"activation"`` (and to find concrete input shapes).
         exclude: node names whose output channels stay.
         min_channels: no group keeps fewer.
@@ -900,6 +994,8 @@ def prune_channels(graph: Graph, ratio: float | None = 0.3, *, criterion: str = 
         raise InputError(f"prune: channel ratio must be in [0, 1), got {ratio}")
     if target_macs is not None and not 0.0 < float(target_macs) < 1.0:
         raise InputError(f"prune: target_macs must be in (0, 1), got {target_macs}")
+    if allocation not in ALLOCATIONS:
+        raise InputError(f"prune: allocation must be one of {list(ALLOCATIONS)}, got {allocation!r}")
     if min_channels < 1 or round_to < 1:
         raise InputError(f"prune: min_channels and round_to must be at least 1, got {min_channels}, {round_to}")
     feeds = list(calibration)
@@ -916,13 +1012,26 @@ def prune_channels(graph: Graph, ratio: float | None = 0.3, *, criterion: str = 
     acts = _activation_stats(an, groups, feeds, progress) if criterion == "activation" else None
     order = {gr.id: np.argsort(-rank_channels(an, gr, criterion, acts), kind="stable") for gr in groups}
 
+    def kept(gr: Group, r: float) -> np.ndarray:
+        return np.sort(order[gr.id][:kept_count(gr.channels, r, min_channels=min_channels, round_to=round_to)])
+
     def build(r: float) -> Graph:
-        keep = {gr.id: np.sort(order[gr.id][:kept_count(gr.channels, r, min_channels=min_channels,
-                                                          round_to=round_to)]) for gr in groups}
+        keep = {gr.id: kept(gr, r) for gr in groups}
         return apply_plan(an, keep), keep
 
     before = _macs(an.graph, input_shapes)
-    if target_macs is not None:
+    if allocation == "auto":
+        allocation = "sensitivity" if feeds else "uniform"
+    if allocation == "sensitivity":
+        if not feeds:
+            raise InputError("prune: allocation 'sensitivity' needs calibration feeds, got none")
+        table = _sensitivity(an, groups, kept, feeds[:16], input_shapes, before, progress)
+        keep, ratio = _allocate(an, groups, table, kept, before, target_macs, ratio, input_shapes)
+        pruned = apply_plan(an, keep)
+        if target_macs is not None and 1.0 - _macs(pruned, input_shapes) / max(before, 1) < target_macs:
+            raise InputError(f"prune: removing {target_macs:.0%} of the MACs is not possible with the prunable "
+                             f"groups at ratios up to {LEVELS[-1]}")
+    elif target_macs is not None:
         lo, hi = 0.0, 0.99
         best = None
         for _ in range(14):  # bisection on the uniform ratio
@@ -941,7 +1050,7 @@ def prune_channels(graph: Graph, ratio: float | None = 0.3, *, criterion: str = 
     pruned.validate()
     after = _macs(pruned, input_shapes)
     info: dict[str, Any] = {
-        "method": "channels", "criterion": criterion, "ratio": float(ratio),
+        "method": "channels", "criterion": criterion, "allocation": allocation, "ratio": float(ratio),
         "target_macs": None if target_macs is None else float(target_macs),
         "macs_before": before, "macs_after": after,
         "params_before": int(an.graph.param_count()), "params_after": int(pruned.param_count()),

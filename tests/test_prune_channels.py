@@ -187,3 +187,28 @@ def test_cli_prunes_channels(tmp_path):
     assert res.exit_code != 0 and "exactly one of" in res.output
     res = cli_runner.invoke(cli, ["prune", str(src), str(out), "--channels", "0.3", "--criterion", "activation"])
     assert res.exit_code != 0 and "--calib" in res.output
+
+
+def test_sensitivity_allocation_keeps_the_sensitive_layers_and_loses_less(cls):
+    """At the same MACs removed, pruning where the calibration data says it costs least changes
+    the classifier's outputs on held-out text lines less than one ratio for every group."""
+    from distill_data import cls_inputs
+
+    calib, _ = cls_inputs(8, "calib")
+    test, _ = cls_inputs(60, "test")
+    feeds = [{"x": calib[i:i + 1]} for i in range(len(calib))]
+    name = cls.output_names[0]
+    ref = edgeinfer.Session(cls).run({"x": test})[name]
+    errors = {}
+    for allocation in ("uniform", "sensitivity"):
+        p = prune_channels(cls, None, target_macs=0.25, allocation=allocation, calibration=feeds)
+        info = json.loads(p.metadata["edgeinfer.pruning"])
+        assert info["allocation"] == allocation
+        assert 1 - info["macs_after"] / info["macs_before"] >= 0.25
+        errors[allocation] = float(np.abs(edgeinfer.Session(p).run({"x": test})[name] - ref).mean())
+        if allocation == "sensitivity":
+            kept = {tuple(g["producers"]): g["kept"] / g["channels"] for g in info["groups"]}
+            assert max(kept.values()) == 1.0 and min(kept.values()) <= 0.6  # not uniform
+    assert errors["sensitivity"] < errors["uniform"]
+    with pytest.raises(InputError, match="calibration"):
+        prune_channels(cls, None, target_macs=0.25, allocation="sensitivity", input_shapes=CLS_SHAPE)
