@@ -761,8 +761,9 @@ def distill(teacher: Path, student: Path, dst: Path, data: Path, epochs, batch_s
                            features=[] if no_features else None, checkpoint=checkpoint, seed=seed, threads=threads)
     m = result.metrics
     before, after = m.get("before") or {}, m.get("after") or {}
-    agree = (f"; validation agreement {before.get('agreement', float('nan')):.4f} -> {after.get('agreement', float('nan')):.4f}"
-             if after.get("agreement") is not None else "")
+    agree = ""
+    if after.get("val_agreement") is not None and before.get("val_agreement") is not None:
+        agree = f"; validation agreement {before['val_agreement']:.4f} -> {after['val_agreement']:.4f}"
     click.echo(f"wrote {dst}: {epochs} epochs, best epoch {m.get('best_epoch')}{agree}")
 
 
