@@ -184,6 +184,17 @@ def _output_agreement(reference: Graph, graph: Graph, feeds: Sequence[Mapping[st
             "rel_error": err / scale if scale else None}
 
 
+def _evaluate(evaluate: Callable[[Any], Any], session) -> tuple[float, dict]:
+    """The user's metric: a number, or a dict of named numbers whose first is the headline."""
+    value = evaluate(session)
+    if isinstance(value, Mapping):
+        if not value:
+            raise InputError("compress: evaluate(session) returned an empty dict")
+        metrics = {str(k): float(v) for k, v in value.items()}
+        return next(iter(metrics.values())), metrics
+    return float(value), {}
+
+
 def compress(graph: Graph, recipe: Any, data: Any, *, evaluate: Callable[[Any], float] | None = None,
              backends: Sequence[str] = ("cpu", "ort"), measure: bool = True, threads: int = 1,
              min_seconds: float = 1.0, held_out: float = 0.2, calibration: int = 64, seed: int = 0,
@@ -196,7 +207,8 @@ def compress(graph: Graph, recipe: Any, data: Any, *, evaluate: Callable[[Any], 
         data: unlabeled inputs (any form :func:`.distill.load_samples` takes). ``held_out`` of
             them (at least one) are kept out of every step and score agreement; the rest train
             distillation, and the first ``calibration`` of those calibrate pruning and quantization.
-        evaluate: the user's metric, ``evaluate(session) -> float`` (higher is better).
+        evaluate: the user's metric, ``evaluate(session) -> float`` (higher is better), or a
+            dict of named metrics whose first is the headline ``accuracy``.
         backends: backends whose latency is measured (``measure=False`` skips timing).
         threads, min_seconds: per backend, for the measurement.
 
@@ -243,7 +255,7 @@ def compress(graph: Graph, recipe: Any, data: Any, *, evaluate: Callable[[Any], 
         for k, (label, g, seconds) in enumerate(stages):
             entry = {"stage": label, "seconds": round(seconds, 2), **_stage_facts(g, shapes, folder, f"stage{k}")}
             entry.update(_output_agreement(graph, g, held_feeds))
-            entry["accuracy"] = float(evaluate(Session(g))) if evaluate is not None else None
+            entry["accuracy"], entry["metrics"] = _evaluate(evaluate, Session(g)) if evaluate is not None else (None, {})
             report["stages"].append(entry)
         if measure and backends:
             _measure(report, backends, threads, min_seconds, {k: v[:1] for k, v in samples.items()})
