@@ -62,6 +62,13 @@ class Member:
     role: str
     node: str
     tensor: str = ""
+    repeats: int = 1  # a packed q/k/v projection: the unit recurs every `period` positions
+    period: int = 0
+
+    def positions(self, n: int) -> np.ndarray:
+        """[n, repeats * inner] positions along ``axis`` of each of the group's ``n`` units."""
+        base = self.offset + np.arange(n)[:, None] * self.inner + np.arange(self.inner)[None, :]
+        return np.concatenate([base + r * self.period for r in range(self.repeats)], axis=1)
 
 
 @dataclass
@@ -129,6 +136,9 @@ class _Walker:
         self.blocks: list[tuple[int, str]] = []
         self.reshapes: dict[str, list[int]] = {}
         self.depthwise: list[str] = []
+        self.hdesc: dict = {}  # head-split tensors (.channel_heads)
+        self.coarse: set[int] = set()  # groups whose units became attention heads
+        self.united: set[int] = set()  # groups tied to another one
 
     # ----------------------------------------------------------------- helpers
     def shape(self, name: str):
@@ -157,7 +167,10 @@ class _Walker:
         off = 0
         inner = d.inner if inner is None else inner
         for grp, cnt in d.segs:
-            self.members.append((grp, Member(const, axis, off, inner, role, n.name, tensor)))
+            if cnt != self.uf.size[grp]:  # a view from before the group counted heads
+                self.blocks.append((grp, f"{n.label}: reads the group as channels after it became heads"))
+            else:
+                self.members.append((grp, Member(const, axis, off, inner, role, n.name, tensor)))
             off += cnt * inner
 
     def unite(self, a: Chan, b: Chan) -> bool:
@@ -165,17 +178,29 @@ class _Walker:
         segments do not line up (then the caller blocks both)."""
         if a.inner != b.inner or [c for _, c in a.segs] != [c for _, c in b.segs]:
             return False
+        if any(c != self.uf.size[g] for g, c in (*a.segs, *b.segs)):
+            return False
         for (ga, _), (gb, _) in zip(a.segs, b.segs):
             self.uf.union(ga, gb)
+            self.united.update((ga, gb))
         return True
 
     # ----------------------------------------------------------------- walk
     def run(self) -> None:
         outputs = set(self.g.output_names)
+        from .channel_heads import head_rule
+
         for n in self.g.nodes:
             ins = [self.desc.get(i) if i else None for i in n.inputs]
+            hins = [self.hdesc.get(i) if i else None for i in n.inputs]
             if n.has_subgraphs or n.domain not in ("", "ai.onnx"):
                 self.block_inputs(n, "not an ONNX operator pruning understands")
+                for h in hins:
+                    if h is not None:
+                        self.blocks.append((h.group, f"{n.label}: not an ONNX operator pruning understands"))
+                continue
+            if any(h is not None for h in hins):
+                head_rule(self, n, ins, hins)
                 continue
             if not any(ins) and n.op_type not in ("Conv", "Gemm", "MatMul", "ConvTranspose"):
                 continue
@@ -195,6 +220,8 @@ class _Walker:
             rule(self, n, ins)
         for o in outputs:
             self.block(self.desc.get(o), f"graph output '{o}' keeps its channels")
+            if o in self.hdesc:
+                self.blocks.append((self.hdesc[o].group, f"graph output '{o}' keeps its heads"))
         for n in self.g.nodes:  # tensors read by subgraphs
             if n.has_subgraphs:
                 from edgeinfer.graph import outer_reads
@@ -453,6 +480,10 @@ def _reshape(w: _Walker, n: Node, ins: list) -> None:
             break
         w.desc[n.outputs[0]] = new
         w.reshapes[n.name] = target
+        return
+    from .channel_heads import try_split
+
+    if try_split(w, n, d, si, so):
         return
     w.block(d, f"{n.label}: reshape {list(si)} -> {list(so)} splits or mixes the channel axis")
 

@@ -18,9 +18,12 @@ channels (a slice of the weight's input axis) and start a new group of their out
 depthwise Convs, BatchNormalization, activations, pooling, Resize and Pad carry the input's
 descriptor through; elementwise ops (Add, Mul, ...) *unite* the groups of their inputs channel by
 channel and slice per-channel constants; Flatten, Reshape, Transpose, Squeeze/Unsqueeze and
-reductions over other axes move the channel axis; Concat along it concatenates segments. Anything
-else (an unknown op, a Softmax or reduction over channels, a graph output, a Reshape that splits
-channels) *blocks* the groups that reach it: they keep every channel. A group is a union-find set
+reductions over other axes move the channel axis; Concat along it concatenates segments. A
+Reshape that splits a projection's features into attention heads turns that group's unit into a
+head (:mod:`.channel_heads`): q, k and v lose the same heads and the output projection the
+matching rows. Anything else (an unknown op, a Softmax or reduction over channels, a graph
+output, a Reshape that mixes channels otherwise) *blocks* the groups that reach it: they keep
+every channel. A group is a union-find set
 of the groups an elementwise op tied together, with every constant slice ("member") it touches.
 
 :func:`prune_channels` then ranks each group's channels, keeps the best ``1 - ratio`` of them
@@ -71,7 +74,7 @@ def _channel_norms(a: np.ndarray, m: Member, n: int, p: int) -> np.ndarray:
     """Per group channel: the L1 (p=1) or L2 (p=2) norm of the member's slice, as a mean over
     its elements so layers of different sizes compare."""
     moved = np.moveaxis(np.asarray(a, np.float64), m.axis, 0)
-    span = moved[m.offset:m.offset + n * m.inner].reshape(n, -1)
+    span = moved[m.positions(n)].reshape(n, -1)
     return np.abs(span).mean(axis=1) if p == 1 else np.sqrt((span ** 2).mean(axis=1))
 
 
@@ -104,7 +107,7 @@ def rank_channels(an: Analysis, group: Group, criterion: str = "l2",
             if m.role != "in" or m.tensor not in activations:
                 continue
             act = activations[m.tensor]
-            span = np.asarray(act[m.offset:m.offset + n * m.inner], np.float64).reshape(n, -1).mean(axis=1)
+            span = np.asarray(act, np.float64)[m.positions(n)].reshape(n, -1).mean(axis=1)
             total += _normalised(span * _channel_norms(g.constants[m.const], m, n, 2))
             used = True
         if used:
@@ -172,8 +175,8 @@ def apply_plan(an: Analysis, keep: dict[int, np.ndarray]) -> Graph:
             c = g.constants[m.const]
             axis_masks = masks.setdefault(m.const, {})
             mask = axis_masks.setdefault(m.axis, np.ones(c.shape[m.axis], bool))
-            for i in drop:
-                mask[m.offset + i * m.inner:m.offset + (i + 1) * m.inner] = False
+            if len(drop):
+                mask[m.positions(gr.channels)[drop].ravel()] = False
     for name, axis_masks in masks.items():
         c = g.constants[name]
         for axis, mask in axis_masks.items():

@@ -35,13 +35,15 @@ def _masked(an, keep):
     set to zero: what the pruned graph must compute exactly."""
     g = an.graph.copy()
     for gr in an.prunable():
+        if gr.id not in keep:
+            continue
         drop = np.setdiff1d(np.arange(gr.channels), keep[gr.id])
         for m in gr.members:
             if m.role != "in":
                 continue
             c = np.moveaxis(g.constants[m.const].copy(), m.axis, 0)
-            for i in drop:
-                c[m.offset + i * m.inner:m.offset + (i + 1) * m.inner] = 0
+            if len(drop):
+                c[m.positions(gr.channels)[drop].ravel()] = 0
             g.constants[m.const] = np.moveaxis(c, 0, m.axis)
     return g
 
@@ -212,3 +214,30 @@ def test_sensitivity_allocation_keeps_the_sensitive_layers_and_loses_less(cls):
     assert errors["sensitivity"] < errors["uniform"]
     with pytest.raises(InputError, match="calibration"):
         prune_channels(cls, None, target_macs=0.25, allocation="sensitivity", input_shapes=CLS_SHAPE)
+
+
+@pytest.mark.parametrize("name,shape,heads", [("ppocr_rec", (1, 3, 48, 160), 8), ("vit_focus", (1, 3, 224, 224), 6)])
+def test_attention_heads_are_pruned_whole(name, shape, heads):
+    """PP-OCRv4 rec (Paddle: packed q/k/v split into [3, H, D], Softmax on a flattened view) and
+    a ViT-S (PyTorch: separate q, k, v, heads split by a run-time Reshape): each attention's
+    heads form one group; removing heads slices the projections' columns (all three parts when
+    packed), the output projection's rows and the Reshape targets, and the result equals the
+    original with those heads masked."""
+    g = edgeinfer.load(model_path(name) if name == "ppocr_rec" else wheel_model_path(name))
+    shapes = {g.required_inputs()[0].name: shape}
+    an = channel_groups(g, input_shapes=shapes)
+    head_groups = [gr for gr in an.prunable() if any(m.role == "in" and m.inner > 1 for m in gr.members)]
+    assert head_groups and all(gr.channels == heads for gr in head_groups)
+    rng = np.random.default_rng(3)
+    keep = {gr.id: np.sort(rng.permutation(gr.channels)[:kept_count(gr.channels, 0.5)]) for gr in head_groups}
+    pruned = apply_plan(an, keep)
+    pruned.validate()
+    gr = head_groups[0]
+    for m in gr.members:
+        before, after = an.graph.constants[m.const].shape[m.axis], pruned.constants[m.const].shape[m.axis]
+        assert after == before - (gr.channels - len(keep[gr.id])) * m.inner * m.repeats
+    x = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    want = edgeinfer.Session(_masked(an, keep)).run(x)
+    got = edgeinfer.Session(pruned).run(x)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5 * max(1.0, np.abs(want[k]).max()))
