@@ -463,6 +463,8 @@ def _fit(module, runner: _StudentRunner, samples: dict[str, np.ndarray], targets
                 "val_mse": float(np.mean([s / max(c, 1) for s, c in sq.values()]))}
 
     before = evaluate(val_idx) if start == 1 else (history[0].get("before") if history else None)
+    # within an epoch, a live bar on a terminal; a log gets the line per epoch only
+    bar = config.progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     for epoch in range(start, config.epochs + 1):
         t0 = time.perf_counter()
         module.train()
@@ -484,6 +486,13 @@ def _fit(module, runner: _StudentRunner, samples: dict[str, np.ndarray], targets
                 for p, mask in masks:
                     p.mul_(mask).add_(0.0)  # +0.0 turns the -0.0 of a negative weight times 0 into 0
             losses.append(float(loss.detach()))
+            if bar:
+                done = min(i + batch, len(perm)) / max(len(perm), 1)
+                sys.stderr.write(f"\rdistill epoch {epoch}/{config.epochs} [{'#' * int(24 * done):<24}] "
+                                 f"{100 * done:5.1f}%  loss {np.mean(losses):.4f}")
+                sys.stderr.flush()
+        if bar:
+            sys.stderr.write("\r" + " " * 72 + "\r")
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"), **evaluate(val_idx),
                    "lr": float(sched.get_last_lr()[0]), "seconds": round(time.perf_counter() - t0, 3)}
         if epoch == 1:
