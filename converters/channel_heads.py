@@ -183,7 +183,7 @@ def head_rule(w, n: Node, ins: list, hins: list) -> None:
                 w.hdesc[out] = a._replace(d_axis=None)
                 return
             if a.d_axis is None and b.d_axis == rank - 1 and _unite(w, a, b):  # probs @ v
-                w.hdesc[out] = b._replace(group=b.group)
+                w.hdesc[out] = b
                 return
     _block(w, live, why)
 
@@ -243,8 +243,8 @@ def _pick(w, n: Node, h: HeadDesc, rank: int | None) -> None:
     if any(c in keep for c in changed) or (changed and changed != [h.p_axis]):
         _block(w, [h], why)
         return
-    for o in outs:
-        w.hdesc[o] = h._replace(p_axis=h.p_axis if not changed else h.p_axis)
+    for o in outs:  # a part (or all) of the packed axis: heads and features where they were
+        w.hdesc[o] = h
 
 
 def _merge(w, n: Node, h: HeadDesc) -> bool:
