@@ -357,9 +357,10 @@ def _save_checkpoint(torch, path: Path, state: dict) -> None:
 def _load_checkpoint(torch, path: Path, signature: dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InputError(f"distill: checkpoint '{path}' cannot be read ({type(e).__name__}: {e}); delete it or pass "
-                         "resume=False") from e
+    except Exception as e:  # torch's own text advises weights_only=False: not for a file we did not write
+        why = f"{type(e).__name__}: {e}" if isinstance(e, OSError) else f"not a torch weights file: {type(e).__name__}"
+        raise InputError(f"distill: checkpoint '{path}' cannot be read as a distillation checkpoint "
+                         f"({why}); delete it or pass resume=False") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"distill: '{path}' is not a distillation checkpoint (format {CHECKPOINT_FORMAT})")
     diffs = _signature_diff(state["signature"], signature)

@@ -74,6 +74,11 @@ def test_recipes_are_checked_before_any_work(tmp_path):
     (tmp_path / "bad.yaml").write_text("steps: [prune: {channels: 0.3\n")
     with pytest.raises(InputError, match="not valid YAML"):
         parse_recipe(tmp_path / "bad.yaml")
+    (tmp_path / "evil.yaml").write_text("!!python/object/apply:os.system ['echo pwned']\n")  # safe_load: no code
+    with pytest.raises(InputError, match="not valid YAML"):
+        parse_recipe(tmp_path / "evil.yaml")
+    with pytest.raises(InputError, match="does not exist"):
+        parse_recipe(tmp_path / "missing.yaml")
 
 
 def test_cli_distill_and_compress(digits, tmp_path):

@@ -176,6 +176,11 @@ def test_bad_inputs_are_named(digits, tmp_path):
         distill(teacher, student, xtr[:10], temperature=0)
     with pytest.raises(InputError, match="does not exist"):
         distill(teacher, student, tmp_path / "missing.npz")
+    bad = tmp_path / "bad.ckpt"  # not ours: refused without unpickling code, and no advice to do so
+    bad.write_bytes(b"not a checkpoint" * 8)
+    with pytest.raises(InputError, match="cannot be read as a distillation checkpoint") as err:
+        distill(teacher, student, xtr[:10], checkpoint=bad, **FAST)
+    assert "weights_only" not in str(err.value)
 
 
 def test_channel_pruned_student_recovers(digits):
