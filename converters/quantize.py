@@ -61,12 +61,14 @@ def prepare(graph: Graph) -> Graph:
     """The graph as it will be quantized: constants folded, Identity/Dropout removed and
     BatchNormalization folded into the Conv it follows (the graph passed in is not changed)."""
     from edgeinfer import optimize as opt
+    from edgeinfer.graph import outer_reads
     from edgeinfer.shape_inference import propagate
 
     g = opt.remove_identities(graph.copy())
     _, values = propagate(g, fold=True)
     keep = [n for n in g.nodes if not all((not o) or o in values for o in n.outputs)]
     needed = {i for n in keep for i in n.inputs if i} | set(g.output_names)
+    needed |= {name for n in keep if n.has_subgraphs for name in outer_reads(n)}  # If/Loop bodies read outer constants
     g.nodes = keep
     g.constants = {k: v for k, v in values.items() if k in needed and k not in g.input_names}
     g = opt.fold_batch_norm(g)

@@ -241,3 +241,22 @@ def test_attention_heads_are_pruned_whole(name, shape, heads):
     got = edgeinfer.Session(pruned).run(x)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5 * max(1.0, np.abs(want[k]).max()))
+
+
+def test_constants_read_only_inside_if_branches_survive_preparation():
+    """openWakeWord's TFLite head keeps its Gemm weights as outer constants of an IF's branches:
+    preparing it (constant folding, which both pruning and quantization start with) must not drop
+    them, and channels that reach a branch stay whole."""
+    from edgeinfer.converters.quantize import prepare
+    from models import tflite_model_path
+
+    g = edgeinfer.load(tflite_model_path("oww_tfl_hey_jarvis"))
+    p = prepare(g)
+    p.validate()
+    x = {v.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in v.shape])
+         .astype(np.float32) for v in g.required_inputs()}
+    want, got = edgeinfer.Session(g).run(x), edgeinfer.Session(p).run(x)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
+    an = channel_groups(g)
+    assert not an.prunable()
