@@ -26,16 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-_UNSET = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-if any(k in os.environ for k in _UNSET):
-    os.execve(sys.executable, [sys.executable, *sys.argv], {k: v for k, v in os.environ.items() if k not in _UNSET})
+from _env import HERE  # noqa: E402  (re-executes without OPENBLAS_*; paths)
 
 import numpy as np  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 BACKENDS = ("cpu", "ort", "openvino", "litert")
