@@ -310,6 +310,18 @@ def _elementwise(w: _Walker, n: Node, ins: list) -> None:
     w.desc[out] = ref
 
 
+def _produce(w: _Walker, n: Node, count: int, weight_axis: int, bias: tuple[str, int] | None = None,
+             out_axis: int = 1) -> int:
+    """Start the group of ``n``'s ``count`` output channels: its weight (input 1) along
+    ``weight_axis`` and its bias ``(name, axis)`` are the group's "out" members."""
+    grp = w.new_group(n, count)
+    w.members.append((grp, Member(n.inputs[1], weight_axis, 0, 1, "out", n.name)))
+    if bias is not None:
+        w.members.append((grp, Member(bias[0], bias[1], 0, 1, "out", n.name)))
+    w.desc[n.outputs[0]] = Chan(out_axis, 1, ((grp, count),))
+    return grp
+
+
 def _conv(w: _Walker, n: Node, ins: list) -> None:
     x, wt = ins[0], w.const(n.inputs[1]) if len(n.inputs) > 1 else None
     if wt is None or wt.ndim < 3:
@@ -324,12 +336,7 @@ def _conv(w: _Walker, n: Node, ins: list) -> None:
     if group == 1:
         if x is not None:
             w.add_members(x, n.inputs[1], 1, "in", n, tensor=n.inputs[0])
-        grp = w.new_group(n, cout)
-        d = Chan(1, 1, ((grp, cout),))
-        w.members.append((grp, Member(n.inputs[1], 0, 0, 1, "out", n.name)))
-        if bias:
-            w.members.append((grp, Member(bias, 0, 0, 1, "out", n.name)))
-        w.desc[n.outputs[0]] = d
+        _produce(w, n, cout, 0, (bias, 0) if bias else None)
     elif group == cin == cout and wt.shape[1] == 1:  # depthwise, one filter per channel
         if x is None:
             return
@@ -352,12 +359,8 @@ def _conv_transpose(w: _Walker, n: Node, ins: list) -> None:
             w.block(x, f"{n.label}: input channels are not on axis 1")
         else:
             w.add_members(x, n.inputs[1], 0, "in", n, tensor=n.inputs[0])
-    cout = int(wt.shape[1])
-    grp = w.new_group(n, cout)
-    w.members.append((grp, Member(n.inputs[1], 1, 0, 1, "out", n.name)))
-    if len(n.inputs) > 2 and n.inputs[2] in w.g.constants:
-        w.members.append((grp, Member(n.inputs[2], 0, 0, 1, "out", n.name)))
-    w.desc[n.outputs[0]] = Chan(1, 1, ((grp, cout),))
+    bias = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] in w.g.constants else None
+    _produce(w, n, int(wt.shape[1]), 1, (bias, 0) if bias else None)
 
 
 def _gemm(w: _Walker, n: Node, ins: list) -> None:
@@ -372,17 +375,14 @@ def _gemm(w: _Walker, n: Node, ins: list) -> None:
         else:
             w.add_members(a, n.inputs[1], 1 if tb else 0, "in", n, tensor=n.inputs[0])
     nout = int(b.shape[0 if tb else 1])
-    grp = w.new_group(n, nout)
-    w.members.append((grp, Member(n.inputs[1], 0 if tb else 1, 0, 1, "out", n.name)))
-    if len(n.inputs) > 2 and n.inputs[2]:
-        c = w.const(n.inputs[2])
+    c = w.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
+    sliced = c is not None and c.ndim >= 1 and c.shape[-1] == nout
+    grp = _produce(w, n, nout, 0 if tb else 1, (n.inputs[2], c.ndim - 1) if sliced else None)
+    if len(n.inputs) > 2 and n.inputs[2] and not sliced:
         if c is None:
             w.blocks.append((grp, f"{n.label}: bias is computed at run time"))
-        elif c.ndim >= 1 and c.shape[-1] == nout:
-            w.members.append((grp, Member(n.inputs[2], c.ndim - 1, 0, 1, "out", n.name)))
         elif c.size != 1:
             w.blocks.append((grp, f"{n.label}: bias of shape {list(c.shape)}"))
-    w.desc[n.outputs[0]] = Chan(1, 1, ((grp, nout),))
 
 
 def _matmul(w: _Walker, n: Node, ins: list) -> None:
@@ -396,10 +396,7 @@ def _matmul(w: _Walker, n: Node, ins: list) -> None:
             w.block(a, f"{n.label}: channels are not on the last axis")
         else:
             w.add_members(a, n.inputs[1], 0, "in", n, tensor=n.inputs[0])
-    nout = int(b.shape[1])
-    grp = w.new_group(n, nout)
-    w.members.append((grp, Member(n.inputs[1], 1, 0, 1, "out", n.name)))
-    w.desc[n.outputs[0]] = Chan(ra - 1, 1, ((grp, nout),))
+    _produce(w, n, int(b.shape[1]), 1, out_axis=ra - 1)
 
 
 def _batch_norm(w: _Walker, n: Node, ins: list) -> None:
