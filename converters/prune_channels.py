@@ -201,22 +201,13 @@ def _macs(graph: Graph, input_shapes) -> int:
     return int(count_macs(graph, dict(input_shapes) if input_shapes else None)["total_macs"])
 
 
-def _output_error(sess, feeds, refs) -> float:
-    """Mean |y - y_ref| / mean |y_ref| over the outputs and feeds."""
-    num = den = 0.0
-    for feed, ref in zip(feeds, refs):
-        got = sess.run(dict(feed))
-        for k, r in ref.items():
-            num += float(np.abs(got[k].astype(np.float64) - r).mean())
-            den += float(np.abs(r).mean())
-    return num / max(den, 1e-12)
-
-
 def _sensitivity(an: Analysis, groups: list[Group], kept, feeds, input_shapes, before: int,
                  progress) -> dict[int, list[tuple[float, float, int]]]:
     """Per group: (ratio, output error, MACs saved) with that group alone pruned at each of
     :data:`LEVELS` (distinct kept counts only)."""
     from edgeinfer.session import Session
+
+    from .quantize import _output_error
 
     base = Session(an.graph)
     refs = [{k: np.asarray(v, np.float64) for k, v in base.run(dict(f)).items()} for f in feeds]
@@ -232,7 +223,7 @@ def _sensitivity(an: Analysis, groups: list[Group], kept, feeds, input_shapes, b
                 continue
             seen.add(len(keep))
             g = apply_plan(an, {gr.id: keep})
-            rows.append((r, _output_error(Session(g), feeds, refs), before - _macs(g, input_shapes)))
+            rows.append((r, _output_error(Session(g), feeds, refs, norm="l1"), before - _macs(g, input_shapes)))
             if progress is not None:
                 progress(done, total)
         table[gr.id] = rows

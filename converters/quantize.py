@@ -773,15 +773,21 @@ def _float_outputs(graph: Graph, feeds) -> list[dict[str, np.ndarray]]:
              if k in names and np.asarray(v).dtype.kind == "f"} for f in feeds]
 
 
-def _output_error(sess, feeds, refs) -> float:
-    """Relative squared error of every float output over the feeds: sum |y - ref|^2 / sum |ref|^2."""
+def _output_error(sess, feeds, refs, norm: str = "l2") -> float:
+    """How far ``sess``'s outputs are from ``refs`` (float64 outputs per feed), relative to them:
+    ``"l2"``: sum |y - ref|^2 / sum |ref|^2 over every output and feed; ``"l1"``: the sum over
+    outputs and feeds of mean |y - ref| over that of mean |ref|."""
     num = den = 0.0
     for feed, ref in zip(feeds, refs):
         got = sess.run(dict(feed))
         for k, r in ref.items():
             d = np.asarray(got[k], np.float64) - r
-            num += float(np.sum(d * d))
-            den += float(np.sum(r * r))
+            if norm == "l1":
+                num += float(np.abs(d).mean())
+                den += float(np.abs(r).mean())
+            else:
+                num += float(np.sum(d * d))
+                den += float(np.sum(r * r))
     return num / den if den > 0 else num
 
 
